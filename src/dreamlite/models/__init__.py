@@ -1,0 +1,1 @@
+"""Networks: the MobileUNet, text encoders, the VAE factory and official-checkpoint conversion."""
