@@ -27,12 +27,12 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     # sentence embedding gives the small model a global summary of the prompt.
     "tiny": MappingProxyType(dict(
         in_channels=4, out_channels=4,
-        block_out_channels=(64, 128, 192), layers_per_block=2,
+        block_out_channels=(64, 128, 160), layers_per_block=2,
         down_attention=("cross", "cross", "self+cross"), up_attention=("self+cross", "cross", "none"),
         mid_attention="self+cross",
-        num_attention_heads=(2, 4, 6), transformer_layers_per_block=(1, 1, 2), mid_transformer_layers=2,
+        num_attention_heads=(2, 4, 5), transformer_layers_per_block=(1, 1, 2), mid_transformer_layers=2,
         num_kv_heads=1, qk_norm=True, ff_mult=3, separable_conv=True,
-        text_embed_dim=384, cross_attention_dim=256, text_proj="rms",
+        text_embed_dim=384, cross_attention_dim=192, text_proj="rms",
         time_embed_dim=256, size_embed_dim=32, pooled_text_embed=True,
         norm_num_groups=32, norm_eps=1e-5,
     )),
