@@ -327,7 +327,10 @@ class Qwen3VLTextEncoder(TextEncoder):
 
     @property
     def spec(self) -> TextEncoderSpec:
-        dtype = next(k for k, v in _DTYPES.items() if v == self.dtype)
+        names = [k for k, v in _DTYPES.items() if v == self.dtype]
+        if not names:
+            raise ValueError(f"no spec name for dtype {self.dtype}; use one of {', '.join(_DTYPES)}")
+        dtype = names[0]
         return TextEncoderSpec(type="qwen3vl", path=self._path, image_size=self.image_size,
                                drop_idx=self._drop_setting, dtype=dtype)
 
