@@ -43,6 +43,76 @@ def cmd_convert_official(args: argparse.Namespace) -> None:
     print(f"wrote {args.dst} ({n:,} parameters, float32 safetensors)")
 
 
+# ------------------------------------------------------------------------------------ generate / edit
+def _load_pipeline(args: argparse.Namespace):
+    from dreamlite.paths import default_model
+    from dreamlite.pipeline import DreamLitePipeline
+
+    model = Path(args.model) if args.model else default_model()
+    return DreamLitePipeline.from_pretrained(model, variant=args.variant)
+
+
+def _check_sampling_args(args: argparse.Namespace) -> None:
+    if not args.prompt.strip():
+        raise UserError("the prompt is empty; describe the image (or the edit) in words")
+    if args.steps is not None and args.steps <= 0:
+        raise UserError(f"--steps must be a positive integer, got {args.steps}")
+    for name in ("guidance", "image_guidance"):
+        value = getattr(args, name, None)
+        if value is not None and value < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    out = Path(args.output)
+    if not out.parent.exists():
+        raise UserError(f"output folder does not exist: {out.parent}")
+
+
+def _run_sampling(args: argparse.Namespace, image=None) -> None:
+    import torch
+
+    from dreamlite.imageio import save_image
+
+    _check_sampling_args(args)
+    if image is not None:
+        from dreamlite.imageio import load_image
+        image = load_image(image)  # fails early with a clear message, before any model is loaded
+    pipe = _load_pipeline(args)
+    result = pipe(args.prompt, image=image, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                  image_guidance_scale=getattr(args, "image_guidance", None),
+                  generator=torch.Generator().manual_seed(args.seed))
+    print(f"wrote {save_image(result.images[0], args.output)}")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    _run_sampling(args)
+
+
+def cmd_edit(args: argparse.Namespace) -> None:
+    _run_sampling(args, image=args.source)
+
+
+# --------------------------------------------------------------------------------------------- train
+def cmd_train_run(args: argparse.Namespace) -> None:
+    from dreamlite.train.recipe import run_recipe
+    from dreamlite.train.recipes import get_recipe
+
+    recipe = get_recipe(args.recipe)
+    run_dir = Path(args.out or f"runs/{recipe.name}")
+    model = run_recipe(recipe, run_dir, resume=args.resume, evaluate=not args.no_eval,
+                       stop_after_steps=args.stop_after)
+    print(f"run folder: {run_dir}; model: {model}")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, edit: bool) -> None:
+    p.add_argument("-o", "--output", required=True, help="output image file (.png, .jpg, .webp)")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--variant", choices=["base", "mobile"], help="U-Net variant (default: the model's default)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the variant's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, help="text guidance scale (1 = off)")
+    if edit:
+        p.add_argument("--image-guidance", type=float, help="image guidance scale (1 = off)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreamlite", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -56,6 +126,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="output folder (must not exist or be empty)")
     p.add_argument("--config", help="official config.json, when SRC is a bare weights file elsewhere")
     p.set_defaults(func=cmd_convert_official)
+
+    p = sub.add_parser("generate", help="generate an image from a prompt")
+    p.add_argument("prompt")
+    _add_sampling_args(p, edit=False)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("edit", help="edit an image by an instruction")
+    p.add_argument("source", help="source image file")
+    p.add_argument("prompt", help="edit instruction")
+    _add_sampling_args(p, edit=True)
+    p.set_defaults(func=cmd_edit)
+
+    train = sub.add_parser("train", help="run a training recipe (`train --recipe NAME`), or `train vae`")
+    train.add_argument("--recipe", default="shapes-tiny", help="recipe name or recipe .json file")
+    train.add_argument("--out", help="run folder (default runs/<recipe>)")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    train.add_argument("--no-eval", action="store_true", help="skip the per-stage benchmark evaluations")
+    train.add_argument("--stop-after", type=int, help="stop after this many training steps (resume later)")
+    train.set_defaults(func=cmd_train_run)
+    train_sub = train.add_subparsers(dest="train_command", required=False, metavar="[vae]")
     return parser
 
 

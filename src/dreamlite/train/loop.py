@@ -1,0 +1,227 @@
+"""The shared training loop (accelerate): one code path for 1 CPU, one GPU, N GPUs or nodes.
+
+Every stage of a recipe runs ``train_stage``: draw a batch from the cached pools by the stage's mix, flow-
+matching loss on the target half, clipped AdamW step, EMA update, and atomic checkpoints that hold
+everything needed to continue exactly (model, EMA, optimizer, LR schedule, every rank's RNG/data state).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from dreamlite.flow import sample_t_logit_normal
+from dreamlite.train.config import StageConfig
+from dreamlite.train.corpus import Pool, pad_text
+from dreamlite.train.flow import drop_conditions, flow_matching_loss
+
+
+class EMA:
+    """Exponential moving average of parameters, float32, with the usual warm-up (decay grows with steps)
+    so that a fast-learning small model is not averaged with its random initialisation."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: p.detach().float().clone() for k, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        params = dict(model.named_parameters())
+        torch._foreach_lerp_(list(self.shadow.values()), [params[k].detach().float() for k in self.shadow], 1 - d)
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                p.copy_(self.shadow[k].to(p.dtype))
+
+
+@dataclass
+class LoopState:
+    stage_index: int = 0
+    step: int = 0  # steps done in the current stage
+    global_step: int = 0
+
+
+class BatchSampler:
+    """Draws stage batches from the t2i / edit pools with the stage's task and category weights."""
+
+    def __init__(self, pools: dict[str, Pool], stage: StageConfig, image_size: int, generator: torch.Generator):
+        self.stage, self.g, self.size = stage, generator, image_size
+        mix = stage.mix
+        suffix = "" if mix.pool == "main" else f"_{mix.pool}"
+        self.t2i = pools.get("t2i" + suffix) if mix.t2i > 0 else None
+        self.edit = pools.get("edit" + suffix) if mix.edit > 0 else None
+        if self.t2i is None and self.edit is None:
+            raise ValueError(f"stage {stage.name!r} draws from no pool (mix {mix})")
+        total = mix.t2i * (self.t2i is not None) + mix.edit * (self.edit is not None)
+        self.n_edit = 0 if self.edit is None else round(stage.batch_size * mix.edit / total)
+        self.n_t2i = stage.batch_size - self.n_edit
+        self.p_t2i = self._probs(self.t2i, mix.tag_weights)
+        self.p_edit = self._probs(self.edit, mix.edit_weights)
+
+    @staticmethod
+    def _probs(pool: Pool | None, weights: dict[str, float]) -> Tensor | None:
+        if pool is None:
+            return None
+        w = torch.tensor([weights.get(name, 1.0 if not weights else 0.0) for name in pool.category_names])
+        if w.sum() <= 0:
+            raise ValueError(f"category weights {weights} select nothing from {pool.category_names}")
+        return w[pool.categories]
+
+    def draw(self) -> dict[str, Tensor]:
+        parts = []
+        for pool, n, probs in ((self.t2i, self.n_t2i, self.p_t2i), (self.edit, self.n_edit, self.p_edit)):
+            if pool is None or n == 0:
+                continue
+            idx = torch.multinomial(probs, n, replacement=True, generator=self.g)
+            text, mask = pool.bank.gather(pool.prompt_ids[idx])
+            cond = pool.cond[idx] if pool.cond is not None else torch.zeros_like(pool.x0[idx])
+            parts.append(dict(x0=pool.x0[idx], cond=cond, text=text, mask=mask,
+                              is_edit=torch.full((n,), pool.cond is not None)))
+        L = max(p["text"].shape[1] for p in parts)
+        for p in parts:
+            p["text"], p["mask"] = pad_text(p["text"], p["mask"], L)
+        batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        B = batch["x0"].shape[0]
+        batch["time_ids"] = torch.tensor([[float(self.size), float(self.size)]] * B)
+        batch["t"] = sample_t_logit_normal(B, self.stage.t_mean, self.stage.t_std, generator=self.g)
+        batch["noise"] = torch.randn(batch["x0"].shape, generator=self.g)
+        return batch
+
+
+def lr_lambda(warmup: int) -> Callable[[int], float]:
+    return lambda step: min(1.0, (step + 1) / max(1, warmup))
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = run_dir / "checkpoints" / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def save_checkpoint(run_dir: Path, accelerator: Accelerator, unet, ema: EMA, optimizer, scheduler,
+                    generator: torch.Generator, state: LoopState, keep: int = 2) -> Path:
+    """Atomic: everything goes into a temp folder that is renamed only when complete."""
+    ckpts = run_dir / "checkpoints"
+    name = f"ckpt-{state.global_step:07d}"
+    tmp = ckpts / f".{name}.tmp"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    save_file({"state": generator.get_state()}, str(tmp / f"rng_rank{accelerator.process_index}.safetensors"))
+    model_state = accelerator.get_state_dict(unet)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(unet).save_config(tmp / "unet")  # config.json, then the (possibly gathered) weights
+        save_file({k: v.contiguous() for k, v in model_state.items()},
+                  str(tmp / "unet" / "diffusion_pytorch_model.safetensors"))
+        save_file({k: v.contiguous() for k, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = ckpts / name
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        pointer_tmp = ckpts / ".latest.tmp"
+        pointer_tmp.write_text(name)
+        os.replace(pointer_tmp, ckpts / "latest")
+        for old in sorted(p for p in ckpts.glob("ckpt-*") if p.is_dir())[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return ckpts / name
+
+
+def load_checkpoint(path: Path, accelerator: Accelerator, unet, ema: EMA, optimizer, scheduler,
+                    generator: torch.Generator) -> LoopState:
+    weights = load_file(str(path / "unet" / "diffusion_pytorch_model.safetensors"))
+    accelerator.unwrap_model(unet).load_state_dict(weights)
+    ema.shadow = load_file(str(path / "ema.safetensors"))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
+    rng = path / f"rng_rank{accelerator.process_index}.safetensors"
+    generator.set_state(load_file(str(rng))["state"])
+    return LoopState(**json.loads((path / "state.json").read_text()))
+
+
+# ------------------------------------------------------------------------------------------------ loop
+@dataclass
+class StageResult:
+    losses: list[tuple[int, float]]
+    seconds: float
+    samples_per_s: float
+
+
+def train_stage(accelerator: Accelerator, unet, ema: EMA, pools: dict[str, Pool], stage: StageConfig,
+                uncond: tuple[Tensor, Tensor], state: LoopState, run_dir: Path, image_size: int, seed: int,
+                checkpoint_every: int, resume_from: Path | None = None,
+                stop_after: int | None = None) -> StageResult:
+    """Train one stage from ``state.step`` to ``stage.steps``; resumes from ``resume_from`` when given."""
+    model = accelerator.unwrap_model(unet)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(stage.warmup_steps))
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + state.stage_index * 10_007 + accelerator.process_index)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, accelerator, unet, ema, optimizer, scheduler, generator)
+    ema.decay = stage.ema_decay
+    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    sampler = BatchSampler(pools, stage, image_size, generator)
+    log_path = run_dir / "loss.jsonl"
+    losses: list[tuple[int, float]] = []
+    t0, done = time.perf_counter(), 0
+    bar = tqdm(total=stage.steps, initial=state.step, desc=f"stage {stage.name}",
+               disable=not accelerator.is_local_main_process)
+    unet.train()
+    while state.step < stage.steps:
+        batch = sampler.draw()
+        uncond_text, uncond_mask = uncond
+        text, mask, cond = drop_conditions(batch["text"], batch["mask"], batch["cond"], batch["is_edit"],
+                                           uncond_text, uncond_mask, stage.p_drop_text, stage.p_drop_image, generator)
+        dev = accelerator.device
+        with accelerator.autocast():
+            loss = flow_matching_loss(unet, batch["x0"].to(dev), cond.to(dev), text.to(dev), mask.to(dev),
+                                      batch["time_ids"].to(dev), batch["t"].to(dev), batch["noise"].to(dev))
+        accelerator.backward(loss)
+        if stage.grad_clip:
+            accelerator.clip_grad_norm_(unet.parameters(), stage.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.global_step += 1
+        ema.update(model, state.global_step)
+        done += 1
+        value = accelerator.reduce(loss.detach(), "mean").item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at stage {stage.name} step {state.step}")
+        losses.append((state.global_step, value))
+        if accelerator.is_main_process and (state.step % 10 == 0 or state.step == stage.steps):
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"stage": stage.name, "step": state.global_step, "loss": value}) + "\n")
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.4f}")
+        if state.step % checkpoint_every == 0 or state.step == stage.steps:
+            save_checkpoint(run_dir, accelerator, unet, ema, optimizer, scheduler, generator, state)
+        if stop_after is not None and done >= stop_after:
+            break
+    bar.close()
+    seconds = time.perf_counter() - t0
+    return StageResult(losses, seconds, done * stage.batch_size * accelerator.num_processes / max(seconds, 1e-9))

@@ -1,0 +1,147 @@
+"""Run a recipe from nothing: VAE -> corpus -> stages (T2I -> edit -> joint -> SFT ...) -> model folder.
+
+The paper's task-progressive schedule (Sec. 3.3) is data (``dreamlite.train.recipes``); this module only
+sequences it. After each stage the EMA model is evaluated on GenEval-Shapes and ImgEdit-Shapes subsets and a row
+is appended to ``<run>/stages.md``; loss and score curves are drawn to ``<run>/curves.png``. Interrupted runs
+continue with ``resume=True`` from the latest atomic checkpoint, exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+
+from dreamlite.models.unet import MobileUNet
+from dreamlite.presets import preset_config
+from dreamlite.train.config import Recipe
+from dreamlite.train.corpus import Pool, build_pool, load_pool, save_pool
+from dreamlite.train.loop import EMA, LoopState, latest_checkpoint, train_stage
+
+
+def make_accelerator() -> Accelerator:
+    """bf16 autocast on GPUs, fp32 on CPU; DDP/FSDP come from ``accelerate launch`` configuration."""
+    return Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+
+
+def prepare_vae(recipe: Recipe, run_dir: Path, accelerator: Accelerator):
+    from dreamlite.models.vae import load_vae
+    if recipe.vae_path:
+        return load_vae(recipe.vae_path)
+    vae_dir = run_dir / "vae"
+    if not (vae_dir / "config.json").is_file():
+        if accelerator.is_main_process:
+            from dreamlite.train.vae import VAETrainConfig, train_vae
+            train_vae(VAETrainConfig(steps=recipe.vae_steps, image_size=recipe.corpus.image_size,
+                                     seed=recipe.seed), vae_dir)
+        accelerator.wait_for_everyone()
+    return load_vae(vae_dir)
+
+
+def prepare_corpus(recipe: Recipe, run_dir: Path, accelerator: Accelerator, vae, encoder) -> dict[str, Pool]:
+    """Build (main process) or load the pools this recipe's stages draw from."""
+    c = recipe.corpus
+    need = {("t2i", s.mix.pool) for s in recipe.stages if s.mix.t2i > 0} | \
+           {("edit", s.mix.pool) for s in recipe.stages if s.mix.edit > 0}
+    folder = run_dir / "corpus"
+    folder.mkdir(parents=True, exist_ok=True)
+    pools = {}
+    for i, (kind, pool_name) in enumerate(sorted(need)):
+        key = kind if pool_name == "main" else f"{kind}_{pool_name}"
+        path = folder / f"{key}.safetensors"
+        if not path.is_file() and accelerator.is_main_process:
+            n = (c.n_t2i if kind == "t2i" else c.n_edit) if pool_name == "main" else c.n_sft
+            weights = SFT_TAG_WEIGHTS if (pool_name == "sft" and kind == "t2i") else None
+            save_pool(build_pool(kind, n, c.seed + 7919 * i, c.image_size, vae, encoder, tag_weights=weights), path)
+        accelerator.wait_for_everyone()
+        pools[key] = load_pool(path)
+    return pools
+
+
+# SFT draws a curated pool: the compositions a small model finds hardest (calibration notes in shared/README.md:
+# position and colour binding lag), plus clean single objects so nothing is forgotten.
+SFT_TAG_WEIGHTS = {"position": 3.0, "color_attr": 3.0, "counting": 2.0, "two_object": 1.0, "colors": 1.0,
+                   "single_object": 0.5}
+
+
+def build_unet(recipe: Recipe, vae) -> MobileUNet:
+    channels = vae.config.latent_channels
+    return MobileUNet(**preset_config(recipe.preset, **{**recipe.unet_overrides, "in_channels": channels,
+                                                        "out_channels": channels}))
+
+
+def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, evaluate: bool = True,
+               stop_after_steps: int | None = None) -> Path:
+    """Run (or continue) ``recipe`` in ``run_dir``; returns the final pipeline folder ``<run>/model``."""
+    run_dir = Path(run_dir)
+    accelerator = make_accelerator()
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if not resume and (run_dir / "checkpoints").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose a new folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        (run_dir / "recipe.json").write_text(recipe.to_json())
+    torch.manual_seed(recipe.seed)
+    from dreamlite.models.text import load_text_encoder
+    vae = prepare_vae(recipe, run_dir, accelerator).to(accelerator.device)
+    encoder = load_text_encoder(recipe.text_encoder)
+    pools = prepare_corpus(recipe, run_dir, accelerator, vae, encoder)
+    uncond = encoder.encode([""], unconditional=True)
+    unet = build_unet(recipe, vae)
+    ema = EMA(unet, recipe.stages[0].ema_decay)
+    state = LoopState()
+    if ckpt is not None:  # weights and EMA now; optimizer/schedule/RNG inside the stage that was cut
+        unet.load_state_dict(load_file(str(ckpt / "unet" / "diffusion_pytorch_model.safetensors")))
+        ema.shadow = load_file(str(ckpt / "ema.safetensors"))
+        state = LoopState(**json.loads((ckpt / "state.json").read_text()))
+    unet = accelerator.prepare(unet)
+    steps_left = stop_after_steps
+    for index in range(state.stage_index, len(recipe.stages)):
+        stage = recipe.stages[index]
+        if state.stage_index != index:
+            state = LoopState(stage_index=index, step=0, global_step=state.global_step)
+        if state.step < stage.steps:
+            result = train_stage(accelerator, unet, ema, pools, stage, uncond, state, run_dir,
+                                 recipe.corpus.image_size, recipe.seed, recipe.checkpoint_every,
+                                 resume_from=ckpt if state.step > 0 else None, stop_after=steps_left)
+            ckpt = None
+            state = LoopState(**json.loads((latest_checkpoint(run_dir) / "state.json").read_text()))
+            if state.step < stage.steps:
+                return run_dir  # stopped early on request (tests, time limits); resume continues here
+            if steps_left is not None:
+                steps_left -= len(result.losses)
+            if accelerator.is_main_process:
+                _log_stage(run_dir, stage.name, result.seconds, result.samples_per_s)
+        if evaluate and accelerator.is_main_process and not _stage_evaluated(run_dir, stage.name):
+            from dreamlite.train.evaluate import evaluate_stage
+            evaluate_stage(run_dir, stage.name, _ema_unet(accelerator.unwrap_model(unet), ema), vae, encoder, recipe)
+        accelerator.wait_for_everyone()
+    model_dir = run_dir / "model"
+    if accelerator.is_main_process and not model_dir.exists():
+        from dreamlite.train.evaluate import make_pipeline
+        make_pipeline(_ema_unet(accelerator.unwrap_model(unet), ema), vae, encoder, recipe).save_pretrained(model_dir)
+    accelerator.wait_for_everyone()
+    return model_dir
+
+
+def _ema_unet(unet: MobileUNet, ema: EMA) -> MobileUNet:
+    copy = MobileUNet.from_config(unet.config)
+    copy.load_state_dict(unet.state_dict())
+    ema.copy_to(copy)
+    return copy.eval()
+
+
+def _log_stage(run_dir: Path, name: str, seconds: float, samples_per_s: float) -> None:
+    with open(run_dir / "timing.jsonl", "a") as f:
+        f.write(json.dumps({"stage": name, "seconds": round(seconds, 1), "samples_per_s": round(samples_per_s, 1),
+                            "time": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+
+
+def _stage_evaluated(run_dir: Path, name: str) -> bool:
+    path = run_dir / "scores.jsonl"
+    return path.is_file() and any(json.loads(line)["stage"] == name for line in path.read_text().splitlines())

@@ -1,0 +1,48 @@
+"""shapes-tiny: the paper's task-progressive recipe (Sec. 3.3) at Shapes-world scale, on a 2-core CPU.
+
+Stage 1 learns text-to-image alone, stage 2 learns editing on top of it, stage 3 trains both jointly so
+neither is forgotten, stage 4 is SFT on a curated pool (the hardest compositions, lower LR). Numbers were chosen
+from measured throughput (BENCHMARKS.md): the whole recipe, VAE included, fits in ~2 hours on 2 cores.
+"""
+
+from dreamlite.train.config import CorpusConfig, DataMix, EvalConfig, Recipe, StageConfig
+
+T2I = DataMix(t2i=1.0, edit=0.0)
+EDIT = DataMix(t2i=0.0, edit=1.0)
+JOINT = DataMix(t2i=0.5, edit=0.5)
+SFT = DataMix(t2i=0.5, edit=0.5, pool="sft")
+
+SHAPES_TINY = Recipe(
+    name="shapes-tiny",
+    preset="tiny",
+    stages=(
+        StageConfig("t2i", T2I, steps=2000, lr=1e-3, batch_size=128, warmup_steps=100),
+        StageConfig("edit", EDIT, steps=1000, lr=1e-3, batch_size=128, warmup_steps=50),
+        StageConfig("joint", JOINT, steps=1500, lr=6e-4, batch_size=128, warmup_steps=50),
+        StageConfig("sft", SFT, steps=500, lr=2e-4, batch_size=128, warmup_steps=20),
+    ),
+    vae_steps=3000,
+    corpus=CorpusConfig(n_t2i=60_000, n_edit=60_000, n_sft=20_000, image_size=64),
+    eval=EvalConfig(geneval_limit=120, imgedit_limit=80, steps=20),
+    checkpoint_every=250,
+)
+
+# A minutes-long smoke run of the same code path (CI-sized numbers).
+QUICK = Recipe(
+    name="shapes-tiny-quick",
+    preset="tiny",
+    stages=(
+        StageConfig("t2i", T2I, steps=6, lr=1e-3, batch_size=8, warmup_steps=2),
+        StageConfig("edit", EDIT, steps=4, lr=1e-3, batch_size=8, warmup_steps=2),
+        StageConfig("joint", JOINT, steps=4, lr=6e-4, batch_size=8, warmup_steps=2),
+        StageConfig("sft", SFT, steps=2, lr=2e-4, batch_size=8, warmup_steps=1),
+    ),
+    unet_overrides=dict(block_out_channels=(32, 64, 96), num_attention_heads=(1, 2, 3), cross_attention_dim=64,
+                        time_embed_dim=64, size_embed_dim=8, norm_num_groups=16),
+    vae_steps=5,
+    corpus=CorpusConfig(n_t2i=64, n_edit=64, n_sft=32, image_size=32),
+    eval=EvalConfig(geneval_limit=6, imgedit_limit=8, steps=2),
+    checkpoint_every=3,
+)
+
+RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-quick": QUICK}
