@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -26,7 +27,9 @@ from dreamlite.train.loop import EMA, LoopState, latest_checkpoint, train_stage
 
 def make_accelerator() -> Accelerator:
     """bf16 autocast on GPUs, fp32 on CPU; DDP/FSDP come from ``accelerate launch`` configuration."""
-    return Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    gpu = torch.cuda.is_available()
+    # cpu=True lets torchrun / `accelerate launch` start multi-process CPU (gloo) runs: same code path.
+    return Accelerator(cpu=not gpu, mixed_precision="bf16" if gpu else "no")
 
 
 def prepare_vae(recipe: Recipe, run_dir: Path, accelerator: Accelerator):
@@ -75,8 +78,17 @@ def build_unet(recipe: Recipe, vae) -> MobileUNet:
                                                         "out_channels": channels}))
 
 
+@dataclass
+class Components:
+    """Pre-built frozen parts (tests, or a caller that already has them): skips the VAE/corpus stages."""
+
+    vae: Any
+    encoder: Any
+    pools: dict[str, Pool]
+
+
 def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, evaluate: bool = True,
-               stop_after_steps: int | None = None) -> Path:
+               stop_after_steps: int | None = None, components: Components | None = None) -> Path:
     """Run (or continue) ``recipe`` in ``run_dir``; returns the final pipeline folder ``<run>/model``."""
     run_dir = Path(run_dir)
     accelerator = make_accelerator()
@@ -87,10 +99,13 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, evalua
     if accelerator.is_main_process:
         (run_dir / "recipe.json").write_text(recipe.to_json())
     torch.manual_seed(recipe.seed)
-    from dreamlite.models.text import load_text_encoder
-    vae = prepare_vae(recipe, run_dir, accelerator).to(accelerator.device)
-    encoder = load_text_encoder(recipe.text_encoder)
-    pools = prepare_corpus(recipe, run_dir, accelerator, vae, encoder)
+    if components is None:
+        from dreamlite.models.text import load_text_encoder
+        vae = prepare_vae(recipe, run_dir, accelerator).to(accelerator.device)
+        encoder = load_text_encoder(recipe.text_encoder)
+        pools = prepare_corpus(recipe, run_dir, accelerator, vae, encoder)
+    else:
+        vae, encoder, pools = components.vae, components.encoder, components.pools
     uncond = encoder.encode([""], unconditional=True)
     unet = build_unet(recipe, vae)
     ema = EMA(unet, recipe.stages[0].ema_decay)
@@ -122,7 +137,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, evalua
             evaluate_stage(run_dir, stage.name, _ema_unet(accelerator.unwrap_model(unet), ema), vae, encoder, recipe)
         accelerator.wait_for_everyone()
     model_dir = run_dir / "model"
-    if accelerator.is_main_process and not model_dir.exists():
+    if components is None and accelerator.is_main_process and not model_dir.exists():
         from dreamlite.train.evaluate import make_pipeline
         make_pipeline(_ema_unet(accelerator.unwrap_model(unet), ema), vae, encoder, recipe).save_pretrained(model_dir)
     accelerator.wait_for_everyone()
