@@ -1,0 +1,1 @@
+"""Benchmarks in the formats of GenEval (``geneval``) and ImgEdit (``imgedit``) on the Shapes world."""

@@ -1,0 +1,64 @@
+"""Builds the shipped benchmark data from reserved seeds (``python -m dreamlite.bench.build``).
+
+- ``data/geneval_shapes.jsonl``: ``PER_TAG`` prompts per GenEval tag, canonical phrasing, from
+  ``GENEVAL_BENCH_SEED``.
+- ``data/imgedit_shapes/``: ``PER_TYPE`` edits per edit type from ``IMGEDIT_BENCH_SEED``, canonical
+  instructions: ``basic_edit.json`` (ImgEdit's schema), ``targets.json`` (source and target scenes) and
+  ``images/<key>.png`` (64x64 sources).
+The seeds lie in the range training never draws from (``dreamlite.shapes.tasks``). A test rebuilds the data
+in memory and checks it equals what is shipped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dreamlite.bench import images
+from dreamlite.bench.geneval import BENCH_FILE
+from dreamlite.bench.imgedit import BENCH_DIR
+from dreamlite.shapes.edits import EDIT_TYPES, EditCase, sample_edit_case
+from dreamlite.shapes.render import render_batch
+from dreamlite.shapes.spec import TAGS, sample_spec
+from dreamlite.shapes.tasks import GENEVAL_BENCH_SEED, IMGEDIT_BENCH_SEED
+
+PER_TAG = 100
+PER_TYPE = 30
+SOURCE_SIZE = 64
+
+
+def geneval_rows(seed: int = GENEVAL_BENCH_SEED, per_tag: int = PER_TAG) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [sample_spec(rng, tag, "canonical").to_dict() for tag in TAGS for _ in range(per_tag)]
+
+
+def imgedit_cases(seed: int = IMGEDIT_BENCH_SEED, per_type: int = PER_TYPE) -> list[EditCase]:
+    rng = np.random.default_rng(seed)
+    return [sample_edit_case(rng, t, "canonical") for t in EDIT_TYPES for _ in range(per_type)]
+
+
+def imgedit_files(cases: list[EditCase]) -> tuple[dict, dict]:
+    """(basic_edit.json content, targets.json content), keyed "0000", "0001", ..."""
+    keys = [f"{i:04d}" for i in range(len(cases))]
+    basic = {k: {"id": f"{k}.png", "prompt": c.instruction, "edit_type": c.edit_type} for k, c in zip(keys, cases)}
+    targets = {k: {"source": c.source.to_dict(), "target": c.target.to_dict()} for k, c in zip(keys, cases)}
+    return basic, targets
+
+
+def write_all(data_dir: Path) -> None:
+    rows = geneval_rows()
+    images.write_text(data_dir / BENCH_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+    cases = imgedit_cases()
+    basic, targets = imgedit_files(cases)
+    bench = data_dir / BENCH_DIR
+    images.write_text(bench / "basic_edit.json", json.dumps(basic, indent=1) + "\n")
+    images.write_text(bench / "targets.json", json.dumps(targets) + "\n")
+    for key, img in zip(basic, render_batch([c.source for c in cases], SOURCE_SIZE)):
+        images.save_png(img, bench / "images" / f"{key}.png")
+    print(f"wrote {len(rows)} prompts and {len(cases)} edits under {data_dir}")
+
+
+if __name__ == "__main__":
+    write_all(Path(__file__).parent / "data")
