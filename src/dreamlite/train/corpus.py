@@ -38,7 +38,7 @@ class TextBank:
             hidden, mask = encoder.encode(prompts[i:i + batch], task=task)
             for h, m in zip(hidden, mask):
                 n = int(m.sum())
-                chunks.append(h[:n].to(torch.float16))
+                chunks.append(h[:n].to(torch.float16).cpu())
                 lengths.append(n)
         lengths_t = torch.tensor(lengths, dtype=torch.long)
         offsets = torch.cumsum(lengths_t, 0) - lengths_t
@@ -75,42 +75,49 @@ def _encode_latents(vae, images: np.ndarray, batch: int = 256) -> Tensor:
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            out.append(encode(vae, uint8_to_tensor(images[i:i + batch]).to(vae.dtype)).float())
+            out.append(encode(vae, uint8_to_tensor(images[i:i + batch]).to(vae.device, vae.dtype)).float().cpu())
     return torch.cat(out)
 
 
-def build_pool(kind: str, n: int, seed: int, size: int, vae, encoder, tag_weights: dict[str, float] | None = None,
-               chunk: int = 2048, progress: bool = True) -> Pool:
-    """Render n samples of ``kind`` ('t2i' or 'edit'), encode them, and return the in-memory pool."""
+def _render_chunk(kind: str, seed: int, chunk_index: int, m: int, size: int, tag_weights: dict | None):
+    """One deterministic chunk (its RNG depends only on seed and chunk index, not on the worker count)."""
     from dreamlite.shapes import tasks
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, chunk_index])
+    if kind == "t2i":
+        b = tasks.sample_t2i(rng, m, size=size, tag_weights=tag_weights)
+        return b.images, None, list(b.prompts), [md["tag"] for md in b.metadata]
+    b = tasks.sample_edit(rng, m, size=size)
+    return b.targets, b.sources, list(b.instructions), list(b.edit_types)
+
+
+def build_pool(kind: str, n: int, seed: int, size: int, vae, encoder, tag_weights: dict[str, float] | None = None,
+               chunk: int = 1024, workers: int | None = None, progress: bool = True) -> Pool:
+    """Render n samples of ``kind`` ('t2i' or 'edit') in parallel chunks, encode them, return the pool."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    sizes = [min(chunk, n - i) for i in range(0, n, chunk)]
+    workers = workers or min(len(sizes), os.cpu_count() or 1)
     x0, cond, prompts, cats = [], [], [], []
-    bar = tqdm(total=n, desc=f"rendering {kind} pool", disable=not progress)
-    while sum(len(c) for c in cats) < n:
-        m = min(chunk, n - sum(len(c) for c in cats))
-        if kind == "t2i":
-            b = tasks.sample_t2i(rng, m, size=size, tag_weights=tag_weights) if tag_weights else \
-                tasks.sample_t2i(rng, m, size=size)
-            x0.append(_encode_latents(vae, b.images))
-            prompts += list(b.prompts)
-            cats.append([md["tag"] for md in b.metadata])
-        else:
-            b = tasks.sample_edit(rng, m, size=size)
-            x0.append(_encode_latents(vae, b.targets))
-            cond.append(_encode_latents(vae, b.sources))
-            prompts += list(b.instructions)
-            cats.append(list(b.edit_types))
-        bar.update(m)
+    bar = tqdm(total=n, desc=f"rendering + encoding {kind} pool", disable=not progress)
+    with ProcessPoolExecutor(workers) as ex:
+        jobs = [ex.submit(_render_chunk, kind, seed, i, m, size, tag_weights) for i, m in enumerate(sizes)]
+        for job in jobs:  # in submission order: the pool does not depend on scheduling
+            targets, sources, p, c = job.result()
+            x0.append(_encode_latents(vae, targets))
+            if sources is not None:
+                cond.append(_encode_latents(vae, sources))
+            prompts += p
+            cats += c
+            bar.update(len(p))
     bar.close()
-    cat_list = [c for chunk_cats in cats for c in chunk_cats]
-    names = sorted(set(cat_list))
+    names = sorted(set(cats))
     distinct = sorted(set(prompts))
     index = {p: i for i, p in enumerate(distinct)}
     bank = TextBank.build(encoder, distinct, "generate" if kind == "t2i" else "edit", progress=progress)
     return Pool(x0=torch.cat(x0), cond=torch.cat(cond) if cond else None,
                 prompt_ids=torch.tensor([index[p] for p in prompts]),
-                categories=torch.tensor([names.index(c) for c in cat_list]), category_names=names, bank=bank)
+                categories=torch.tensor([names.index(c) for c in cats]), category_names=names, bank=bank)
 
 
 def save_pool(pool: Pool, path: Path) -> None:

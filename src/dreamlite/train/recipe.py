@@ -102,11 +102,11 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, evalua
     if components is None:
         from dreamlite.models.text import load_text_encoder
         vae = prepare_vae(recipe, run_dir, accelerator).to(accelerator.device)
-        encoder = load_text_encoder(recipe.text_encoder)
+        encoder = load_text_encoder(recipe.text_encoder).to(accelerator.device)
         pools = prepare_corpus(recipe, run_dir, accelerator, vae, encoder)
     else:
         vae, encoder, pools = components.vae, components.encoder, components.pools
-    uncond = encoder.encode([""], unconditional=True)
+    uncond = tuple(t.cpu() for t in encoder.encode([""], unconditional=True))
     unet = build_unet(recipe, vae)
     ema = EMA(unet, recipe.stages[0].ema_decay)
     state = LoopState()
