@@ -1,0 +1,1 @@
+"""Datasets on disk: Shapes-world shards and folders (``shapes_shards``)."""
