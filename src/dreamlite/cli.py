@@ -102,6 +102,81 @@ def cmd_train_run(args: argparse.Namespace) -> None:
     print(f"run folder: {run_dir}; model: {model}")
 
 
+def cmd_train_vae(args: argparse.Namespace) -> None:
+    from dreamlite.train.vae import resolve_configs, train_vae
+
+    cfg, vae_cfg = resolve_configs(args.out, args.resume, steps=args.steps, batch=args.batch, lr=args.lr,
+                                   size=args.size, seed=args.seed)
+    r = train_vae(args.out, cfg, vae_cfg, resume=args.resume)
+    m = r.metrics
+    print(f"wrote {r.path}: {r.steps} steps, {r.train_seconds:.0f} s ({r.images_per_second:.1f} images/s); "
+          f"held-out PSNR {m.psnr:.2f} dB over {m.images} renders, object colour error {m.color_error:.2f} "
+          f"(max {m.color_error_max:.2f}); scaling_factor {r.scaling_factor:.5f}, shift_factor {r.shift_factor:.5f}")
+
+
+# ---------------------------------------------------------------------------------------------- eval
+_MODEL_NOT_READY = ("--model is not available yet for benchmarks; use --ground-truth or --images DIR (library "
+                    "users: pass generate_fn/edit_fn to dreamlite.bench.geneval.run / dreamlite.bench.imgedit.run)")
+
+
+def _check_eval_args(args: argparse.Namespace) -> None:
+    if args.model:
+        raise UserError(_MODEL_NOT_READY)
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    if args.images and not Path(args.images).is_dir():
+        raise UserError(f"--images folder does not exist: {args.images}")
+
+
+def cmd_eval_geneval(args: argparse.Namespace) -> None:
+    from dreamlite.bench import geneval
+
+    _check_eval_args(args)
+    if args.samples_per_prompt is not None and args.samples_per_prompt < 1:
+        raise UserError(f"--samples-per-prompt must be >= 1, got {args.samples_per_prompt}")
+    outdir = Path(args.outdir)
+    metadata = Path(args.metadata) if args.metadata else None
+    if args.images:
+        rows = geneval.load_metadata(metadata, args.limit) if metadata else None
+        summary = geneval.run(rows, outdir, images_dir=Path(args.images), samples_per_prompt=args.samples_per_prompt,
+                              limit=args.limit)
+    else:
+        rows = geneval.load_metadata(metadata or geneval.default_metadata_path(), args.limit)
+        summary = geneval.run(rows, outdir, generate_fn=geneval.ground_truth_fn(rows, args.size),
+                              samples_per_prompt=args.samples_per_prompt, seed=args.seed)
+    print(f"results: {outdir / 'results.jsonl'}")
+    print(summary.format())
+
+
+def cmd_eval_imgedit(args: argparse.Namespace) -> None:
+    from dreamlite.bench import imgedit
+
+    _check_eval_args(args)
+    outdir = Path(args.outdir)
+    items = imgedit.load_bench(Path(args.bench) if args.bench else imgedit.default_bench_path(), args.limit)
+    if args.ground_truth:
+        imgedit.write_ground_truth(items, outdir)
+    summary = imgedit.run(items, outdir, images_dir=Path(args.images) if args.images else outdir)
+    print(f"results: {outdir / 'results.jsonl'}")
+    print(summary.format())
+
+
+def _add_eval_source(p: argparse.ArgumentParser, what: str) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="model folder to benchmark (not available yet)")
+    src.add_argument("--ground-truth", action="store_true", help=f"score rendered ground truth ({what})")
+    src.add_argument("--images", help="score finished outputs in this folder instead of generating")
+    p.add_argument("--limit", type=int, help="only the first N prompts/edits")
+
+
+# ---------------------------------------------------------------------------------------------- data
+def cmd_data_shapes(args: argparse.Namespace) -> None:
+    from dreamlite.data.shapes_shards import write_shapes
+
+    report = write_shapes(Path(args.out), args.n, args.task, args.size, args.seed, args.format)
+    print(f"wrote {report.samples} samples to {args.out}: {', '.join(p.name for p in report.paths)}")
+
+
 def _add_sampling_args(p: argparse.ArgumentParser, edit: bool) -> None:
     p.add_argument("-o", "--output", required=True, help="output image file (.png, .jpg, .webp)")
     p.add_argument("--model", help="model folder (default: the shipped model)")
@@ -146,6 +221,42 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stop-after", type=int, help="stop after this many training steps (resume later)")
     train.set_defaults(func=cmd_train_run)
     train_sub = train.add_subparsers(dest="train_command", required=False, metavar="[vae]")
+    p = train_sub.add_parser("vae", help="train the Shapes-world VAE on freshly rendered scenes")
+    p.add_argument("--out", required=True, help="checkpoint folder (diffusers AutoencoderTiny + training state)")
+    p.add_argument("--steps", type=int, help="total training steps (default 2000; on --resume the saved value)")
+    p.add_argument("--batch", type=int, help="images per step (default 32)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
+    p.add_argument("--size", type=int, help="image side in pixels (default 64)")
+    p.add_argument("--seed", type=int, help="initialisation and data-stream seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.set_defaults(func=cmd_train_vae)
+
+    ev = sub.add_parser("eval", help="benchmarks in GenEval's and ImgEdit's formats on the Shapes world")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="BENCHMARK")
+    p = ev_sub.add_parser("geneval", help="text-to-image: GenEval layout, results.jsonl, per-tag summary")
+    _add_eval_source(p, "a scene satisfying each prompt")
+    p.add_argument("--metadata", help="GenEval metadata .jsonl (default: the shipped 600-prompt Shapes bench)")
+    p.add_argument("--outdir", default="outputs/geneval_shapes", help="output folder")
+    p.add_argument("--samples-per-prompt", type=int, help="images per prompt (default 4 when generating)")
+    p.add_argument("--size", type=int, default=64, help="ground-truth image size")
+    p.add_argument("--seed", type=int, default=0, help="first generation seed")
+    p.set_defaults(func=cmd_eval_geneval)
+    p = ev_sub.add_parser("imgedit", help="editing: <key>.png per edit, results.jsonl, per-type summary")
+    _add_eval_source(p, "each edit's target scene")
+    p.add_argument("--bench", help="basic_edit.json with targets.json and images/ beside it (default: shipped)")
+    p.add_argument("--outdir", default="outputs/imgedit_shapes", help="output folder")
+    p.set_defaults(func=cmd_eval_imgedit)
+
+    data = sub.add_parser("data", help="write datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATASET")
+    p = data_sub.add_parser("shapes", help="Shapes-world training data as WebDataset shards or a plain folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n", type=int, required=True, help="samples per task")
+    p.add_argument("--task", choices=["t2i", "edit", "both"], default="both")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (8..512)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (below 1,000,000,000; above is benchmarks')")
+    p.add_argument("--format", choices=["wds", "folder"], default="wds")
+    p.set_defaults(func=cmd_data_shapes)
     return parser
 
 

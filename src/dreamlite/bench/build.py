@@ -5,8 +5,9 @@
 - ``data/imgedit_shapes/``: ``PER_TYPE`` edits per edit type from ``IMGEDIT_BENCH_SEED``, canonical
   instructions: ``basic_edit.json`` (ImgEdit's schema), ``targets.json`` (source and target scenes) and
   ``images/<key>.png`` (64x64 sources).
-The seeds lie in the range training never draws from (``dreamlite.shapes.tasks``). A test rebuilds the data
-in memory and checks it equals what is shipped.
+Tags (edit types) take turns, so ``--limit N`` still covers all of them. The seeds lie in the range training
+never draws from (``dreamlite.shapes.tasks``). A test rebuilds the data in memory and checks it equals what is
+shipped.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ SOURCE_SIZE = 64
 
 def geneval_rows(seed: int = GENEVAL_BENCH_SEED, per_tag: int = PER_TAG) -> list[dict]:
     rng = np.random.default_rng(seed)
-    return [sample_spec(rng, tag, "canonical").to_dict() for tag in TAGS for _ in range(per_tag)]
+    return [sample_spec(rng, tag, "canonical").to_dict() for _ in range(per_tag) for tag in TAGS]
 
 
 def imgedit_cases(seed: int = IMGEDIT_BENCH_SEED, per_type: int = PER_TYPE) -> list[EditCase]:
     rng = np.random.default_rng(seed)
-    return [sample_edit_case(rng, t, "canonical") for t in EDIT_TYPES for _ in range(per_type)]
+    return [sample_edit_case(rng, t, "canonical") for _ in range(per_type) for t in EDIT_TYPES]
 
 
 def imgedit_files(cases: list[EditCase]) -> tuple[dict, dict]:
