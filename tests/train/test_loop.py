@@ -109,7 +109,7 @@ def test_text_bank_gather_round_trip():
 def test_batch_sampler_mix_and_category_weights():
     pools = {"t2i": make_pool("t2i", 200, 1), "edit": make_pool("edit", 200, 2)}
     stage = StageConfig("s", DataMix(t2i=0.25, edit=0.75, tag_weights={"b": 1.0}), steps=1, lr=1e-3, batch_size=8)
-    sampler = BatchSampler(pools, stage, 32, torch.Generator().manual_seed(0))
+    sampler = BatchSampler(pools, stage, torch.Generator().manual_seed(0), image_size=32)
     batch = sampler.draw()
     assert batch["is_edit"].tolist() == [False] * 2 + [True] * 6
     assert batch["time_ids"].tolist() == [[32.0, 32.0]] * 8

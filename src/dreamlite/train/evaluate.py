@@ -17,7 +17,7 @@ from PIL import Image
 
 from dreamlite.pipeline import DreamLitePipeline, PipelineDefaults, VariantDefaults
 from dreamlite.sampling import default_scheduler
-from dreamlite.train.config import EvalConfig, Recipe
+from dreamlite.train.config import Recipe
 
 
 def make_pipeline(unet, vae, encoder, recipe: Recipe, variants: dict[str, VariantDefaults] | None = None,
@@ -30,7 +30,7 @@ def make_pipeline(unet, vae, encoder, recipe: Recipe, variants: dict[str, Varian
                              defaults=defaults, variant=default_variant, extra_unets=extra_unets)
 
 
-def model_fns(pipe: DreamLitePipeline, batch: int = 32, **call_kwargs) -> tuple[Callable, Callable]:
+def model_fns(pipe: DreamLitePipeline, batch: int = 64, **call_kwargs) -> tuple[Callable, Callable]:
     """(generate_fn, edit_fn) for the benchmarks; each image gets its own seeded CPU generator."""
 
     def run(prompts: list[str], seeds: list[int], images: list[Image.Image] | None) -> list[Image.Image]:
@@ -45,22 +45,42 @@ def model_fns(pipe: DreamLitePipeline, batch: int = 32, **call_kwargs) -> tuple[
             lambda images, instructions, seeds: run(list(instructions), list(seeds), list(images)))
 
 
-def evaluate_pipeline(pipe: DreamLitePipeline, outdir: Path, cfg: EvalConfig, **call_kwargs) -> dict[str, float]:
-    """GenEval-Shapes and ImgEdit-Shapes on the first ``cfg.*_limit`` items; returns flat scores."""
+def stratified(items: list, key: Callable, limit: int | None) -> list:
+    """The first ``limit`` items taken round-robin over categories (benchmark files are grouped by category)."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    groups: dict = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    out, i = [], 0
+    while len(out) < limit:
+        for g in groups.values():
+            if i < len(g) and len(out) < limit:
+                out.append(g[i])
+        i += 1
+    return out
+
+
+def evaluate_pipeline(pipe: DreamLitePipeline, outdir: Path, geneval_limit: int | None, imgedit_limit: int | None,
+                      samples_per_prompt: int = 1, **call_kwargs) -> dict[str, float]:
+    """GenEval-Shapes and ImgEdit-Shapes (stratified subsets when limited); returns flat scores."""
     from dreamlite.bench import geneval, imgedit
 
     generate_fn, edit_fn = model_fns(pipe, **call_kwargs)
-    g = geneval.evaluate_model(generate_fn, outdir / "geneval", limit=cfg.geneval_limit)
-    e = imgedit.evaluate_model(edit_fn, outdir / "imgedit", limit=cfg.imgedit_limit)
-    scores = {"geneval": g["overall"], **{f"geneval/{k}": v for k, v in g["per_tag"].items()},
-              "imgedit_success": e["success"], "imgedit_preservation": e["preservation"],
-              "imgedit_score": e["score"], **{f"imgedit/{k}": v for k, v in e["per_type"].items()}}
-    return scores
+    rows = stratified(geneval.load_metadata(geneval.default_metadata_path()), lambda r: r["tag"], geneval_limit)
+    g = geneval.run(rows, outdir / "geneval", generate_fn=generate_fn, samples_per_prompt=samples_per_prompt,
+                    batch_size=64)
+    items = stratified(imgedit.load_bench(imgedit.default_bench_path()), lambda i: i.edit_type, imgedit_limit)
+    e = imgedit.run(items, outdir / "imgedit", edit_fn=edit_fn, batch_size=64)
+    return {"geneval": g.overall, **{f"geneval/{t.tag}": t.accuracy for t in g.tags},
+            "imgedit_success": e.success, "imgedit_preservation": e.preservation, "imgedit_score": e.score,
+            **{f"imgedit/{t.edit_type}": t.success for t in e.types}}
 
 
 def evaluate_stage(run_dir: Path, stage: str, unet, vae, encoder, recipe: Recipe) -> dict[str, float]:
     pipe = make_pipeline(unet, vae, encoder, recipe).to(vae.device)
-    scores = evaluate_pipeline(pipe, run_dir / "eval" / stage, recipe.eval)
+    e = recipe.eval
+    scores = evaluate_pipeline(pipe, run_dir / "eval" / stage, e.geneval_limit, e.imgedit_limit)
     with open(run_dir / "scores.jsonl", "a") as f:
         f.write(json.dumps({"stage": stage, **scores}) + "\n")
     write_stage_table(run_dir)

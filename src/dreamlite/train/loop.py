@@ -58,7 +58,7 @@ class LoopState:
 class BatchSampler:
     """Draws stage batches from the t2i / edit pools with the stage's task and category weights."""
 
-    def __init__(self, pools: dict[str, Pool], stage: StageConfig, image_size: int, generator: torch.Generator):
+    def __init__(self, pools: dict[str, Pool], stage: StageConfig, generator: torch.Generator, image_size: int):
         self.stage, self.g, self.size = stage, generator, image_size
         mix = stage.mix
         suffix = "" if mix.pool == "main" else f"_{mix.pool}"
@@ -170,11 +170,16 @@ class StageResult:
     samples_per_s: float
 
 
-def train_stage(accelerator: Accelerator, unet, ema: EMA, pools: dict[str, Pool], stage: StageConfig,
-                uncond: tuple[Tensor, Tensor], state: LoopState, run_dir: Path, image_size: int, seed: int,
+def train_stage(accelerator: Accelerator, unet, ema: EMA, make_sampler: Callable, stage: StageConfig,
+                uncond: tuple[Tensor, Tensor], state: LoopState, run_dir: Path, seed: int,
                 checkpoint_every: int, resume_from: Path | None = None,
                 stop_after: int | None = None) -> StageResult:
-    """Train one stage from ``state.step`` to ``stage.steps``; resumes from ``resume_from`` when given."""
+    """Train one stage from ``state.step`` to ``stage.steps``; resumes from ``resume_from`` when given.
+
+    ``make_sampler(stage, generator)`` returns an object whose ``draw()`` gives a batch dict (x0, cond, text,
+    mask, is_edit, time_ids, t, noise): ``BatchSampler`` over cached Shapes pools, or a streaming loader over
+    real data. All randomness flows from ``generator``, whose state is checkpointed.
+    """
     model = accelerator.unwrap_model(unet)
     optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(stage.warmup_steps))
@@ -183,7 +188,7 @@ def train_stage(accelerator: Accelerator, unet, ema: EMA, pools: dict[str, Pool]
         state = load_checkpoint(resume_from, accelerator, unet, ema, optimizer, scheduler, generator)
     ema.decay = stage.ema_decay
     optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
-    sampler = BatchSampler(pools, stage, image_size, generator)
+    sampler = make_sampler(stage, generator)
     log_path = run_dir / "loss.jsonl"
     losses: list[tuple[int, float]] = []
     t0, done = time.perf_counter(), 0

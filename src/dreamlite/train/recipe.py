@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
@@ -22,7 +23,7 @@ from dreamlite.models.unet import MobileUNet
 from dreamlite.presets import preset_config
 from dreamlite.train.config import Recipe
 from dreamlite.train.corpus import Pool, build_pool, load_pool, save_pool
-from dreamlite.train.loop import EMA, LoopState, latest_checkpoint, train_stage
+from dreamlite.train.loop import EMA, BatchSampler, LoopState, latest_checkpoint, train_stage
 
 
 def make_accelerator() -> Accelerator:
@@ -121,8 +122,9 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, evalua
         if state.stage_index != index:
             state = LoopState(stage_index=index, step=0, global_step=state.global_step)
         if state.step < stage.steps:
-            result = train_stage(accelerator, unet, ema, pools, stage, uncond, state, run_dir,
-                                 recipe.corpus.image_size, recipe.seed, recipe.checkpoint_every,
+            make_sampler = partial(BatchSampler, pools, image_size=recipe.corpus.image_size)
+            result = train_stage(accelerator, unet, ema, make_sampler, stage, uncond, state, run_dir,
+                                 recipe.seed, recipe.checkpoint_every,
                                  resume_from=ckpt if state.step > 0 else None, stop_after=steps_left)
             ckpt = None
             state = LoopState(**json.loads((latest_checkpoint(run_dir) / "state.json").read_text()))

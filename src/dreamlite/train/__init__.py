@@ -1,0 +1,1 @@
+"""Training: the Shapes VAE (``vae``) and the diffusion recipes."""
