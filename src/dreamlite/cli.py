@@ -177,6 +177,25 @@ def cmd_data_shapes(args: argparse.Namespace) -> None:
     print(f"wrote {report.samples} samples to {args.out}: {', '.join(p.name for p in report.paths)}")
 
 
+# ---------------------------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> None:
+    from dreamlite.demo import run_demo
+    from dreamlite.paths import default_model
+
+    out = Path(args.output)
+    if not out.parent.exists():
+        raise UserError(f"output folder does not exist: {out.parent}")
+    model = Path(args.model) if args.model else default_model()
+    r = run_demo(model, out, variant=args.variant, geneval_limit=args.geneval_limit, imgedit_limit=args.imgedit_limit)
+    print(f"contact sheet: {r.sheet}")
+    print(f"seconds per image: generate {r.seconds_per_generation:.3f}, edit {r.seconds_per_edit:.3f}")
+    s = r.scores
+    tags = ", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in s.items() if k.startswith("geneval/"))
+    print(f"GenEval-Shapes ({args.geneval_limit} prompts): overall {s['geneval']:.3f} ({tags})")
+    print(f"ImgEdit-Shapes ({args.imgedit_limit} edits): success {s['imgedit_success']:.3f}, "
+          f"preservation {s['imgedit_preservation']:.3f}, score {s['imgedit_score']:.2f}")
+
+
 def _add_sampling_args(p: argparse.ArgumentParser, edit: bool) -> None:
     p.add_argument("-o", "--output", required=True, help="output image file (.png, .jpg, .webp)")
     p.add_argument("--model", help="model folder (default: the shipped model)")
@@ -212,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", help="edit instruction")
     _add_sampling_args(p, edit=True)
     p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("demo", help="contact sheet of generations and edits, subset scores, seconds per image")
+    p.add_argument("-o", "--output", default="demo.png", help="contact sheet PNG (default demo.png)")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--variant", choices=["base", "mobile"], help="U-Net variant (default: the model's default)")
+    p.add_argument("--geneval-limit", type=int, default=60, help="GenEval-Shapes prompts to score")
+    p.add_argument("--imgedit-limit", type=int, default=40, help="ImgEdit-Shapes edits to score")
+    p.set_defaults(func=cmd_demo)
 
     train = sub.add_parser("train", help="run a training recipe (`train --recipe NAME`), or `train vae`")
     train.add_argument("--recipe", default="shapes-tiny", help="recipe name or recipe .json file")

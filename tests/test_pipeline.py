@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dreamlite import MobileUNet
+from dreamlite.models.text import MiniLMTextEncoder
+from dreamlite.models.vae import VAEConfig, make_vae
+from dreamlite.pipeline import DreamLitePipeline, PipelineDefaults, VariantDefaults
+
+UNET = dict(block_out_channels=(32, 64, 64), num_attention_heads=(1, 2, 2), cross_attention_dim=64,
+            time_embed_dim=64, size_embed_dim=8, norm_num_groups=16, transformer_layers_per_block=(1, 1, 1),
+            mid_transformer_layers=1)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return MiniLMTextEncoder.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def pipe(encoder):
+    torch.manual_seed(0)
+    vae = make_vae(VAEConfig(image_size=32)).eval()
+    unet = MobileUNet.from_preset("tiny", in_channels=vae.config.latent_channels,
+                                  out_channels=vae.config.latent_channels, **UNET).eval()
+    defaults = PipelineDefaults(resolution=(32, 32), variants={"base": VariantDefaults("unet", 3, 2.0, 1.5)})
+    return DreamLitePipeline(unet=unet, vae=vae, text_encoder=encoder, defaults=defaults)
+
+
+class Spy:
+    """Wraps the U-Net and records every call's canvas and text."""
+
+    def __init__(self, unet):
+        self.unet, self.calls = unet, []
+        self.config, self.device, self.dtype = unet.config, unet.device, unet.dtype
+
+    def __call__(self, canvas, t, text, mask, ids):
+        self.calls.append((canvas.clone(), text.clone(), mask.clone(), t.clone(), ids.clone()))
+        return self.unet(canvas, t, text, mask, ids)
+
+
+def test_generate_shapes_dtypes_and_output_types(pipe):
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    pil = pipe(["a red circle", "a blue star"], generator=g(), progress=False).images
+    assert len(pil) == 2 and all(isinstance(i, Image.Image) and i.size == (32, 32) for i in pil)
+    arr = pipe(["a red circle", "a blue star"], generator=g(), output_type="np", progress=False).images
+    assert arr.dtype == np.uint8 and arr.shape == (2, 32, 32, 3)
+    assert np.array_equal(arr[0], np.asarray(pil[0]))  # same seed, same image
+    lat = pipe("a red circle", output_type="latent", num_images_per_prompt=3, generator=g(), progress=False).images
+    f = 2 ** (len(pipe.vae.config.encoder_block_out_channels) - 1)
+    assert lat.shape == (3, pipe.unet.config.in_channels, 32 // f, 32 // f) and lat.dtype == torch.float32
+    assert not torch.equal(lat[0], lat[1])  # different noise per image
+
+
+def test_edit_differs_from_generate_only_in_right_half_and_template(pipe, monkeypatch):
+    spy = Spy(pipe.unet)
+    monkeypatch.setattr(pipe, "unet", spy, raising=False)
+    source = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    kw = dict(num_inference_steps=1, guidance_scale=1.0, image_guidance_scale=1.0, progress=False)
+    pipe("make it red", generator=torch.Generator().manual_seed(1), **kw)
+    out = pipe("make it red", image=source, generator=torch.Generator().manual_seed(1), **kw)
+    (c_gen, t_gen, *_), (c_edit, t_edit, *_) = spy.calls
+    w = c_gen.shape[-1] // 2
+    assert torch.equal(c_gen[..., :w], c_edit[..., :w])  # same noisy target
+    assert c_gen[..., w:].abs().max() == 0  # generate: blank right half
+    src = pipe.encode_images([source], 32, 32)
+    torch.testing.assert_close(c_edit[..., w:], src)  # edit: the source latents
+    gen_text, _ = pipe.text_encoder.encode(["make it red"], task="generate")
+    edit_text, _ = pipe.text_encoder.encode(["make it red"], task="edit")
+    torch.testing.assert_close(t_gen, gen_text)  # the generate template ...
+    torch.testing.assert_close(t_edit, edit_text)  # ... and the edit template: the only other difference
+    assert t_gen.shape != t_edit.shape or (t_gen - t_edit).abs().max() > 1e-3
+    assert out.images[0].size == source.size  # resized back to the source size
+
+
+def test_cfg_branches_are_stacked_in_one_call(pipe, monkeypatch):
+    spy = Spy(pipe.unet)
+    monkeypatch.setattr(pipe, "unet", spy, raising=False)
+    src = Image.new("RGB", (32, 32), (10, 200, 30))
+    pipe("a red circle", num_inference_steps=1, guidance_scale=3.0, progress=False)
+    pipe("remove it", image=src, num_inference_steps=1, guidance_scale=3.0, image_guidance_scale=1.5, progress=False)
+    (c2, *_), (c3, *_) = spy.calls
+    assert c2.shape[0] == 2 and c3.shape[0] == 3
+    w = c3.shape[-1] // 2
+    assert c3[0, ..., w:].abs().max() == 0 and c3[1, ..., w:].abs().max() > 0  # (uncond, blank), (uncond, source)
+
+
+def test_save_load_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "text_encoder" / "spec.json").read_text().count("minilm") == 1
+    assert not list((tmp_path / "m").rglob("*.bin"))
+    again = DreamLitePipeline.from_pretrained(tmp_path / "m", text_encoder=pipe.text_encoder)
+    a = pipe("a star", generator=torch.Generator().manual_seed(5), output_type="np", progress=False).images
+    b = again("a star", generator=torch.Generator().manual_seed(5), output_type="np", progress=False).images
+    assert np.array_equal(a, b)
+    with pytest.raises(FileExistsError):
+        pipe.save_pretrained(tmp_path / "m")
+
+
+def test_image_modes_are_converted(pipe):
+    rgba = Image.new("RGBA", (20, 30), (255, 0, 0, 0))
+    gray = Image.new("L", (64, 64), 128)
+    pal = Image.new("P", (64, 64))
+    out = pipe(["a", "b", "c"], image=[rgba, gray, pal], num_inference_steps=1, progress=False).images
+    assert [o.size for o in out] == [(20, 30), (64, 64), (64, 64)]
+    with pytest.raises(ValueError, match="one image or one per prompt"):
+        pipe(["a", "b", "c"], image=[rgba, gray], num_inference_steps=1, progress=False)
+
+
+def test_bad_arguments(pipe):
+    with pytest.raises(ValueError, match="positive integer"):
+        pipe("x", num_inference_steps=0, progress=False)
+    with pytest.raises(ValueError, match=">= 0"):
+        pipe("x", guidance_scale=-1.0, progress=False)
+    with pytest.raises(ValueError, match="multiples of"):
+        pipe("x", height=30, progress=False)
+    with pytest.raises(ValueError, match="non-empty list"):
+        pipe([], progress=False)
