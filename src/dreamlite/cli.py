@@ -114,14 +114,27 @@ def cmd_train_vae(args: argparse.Namespace) -> None:
           f"(max {m.color_error_max:.2f}); scaling_factor {r.scaling_factor:.5f}, shift_factor {r.shift_factor:.5f}")
 
 
+def cmd_train_real(args: argparse.Namespace) -> None:
+    from dreamlite.train.recipes import get_recipe
+    from dreamlite.train.streaming import run_real_recipe
+
+    recipe = get_recipe(args.recipe)
+    model = run_real_recipe(recipe, args.data, args.out, resume=args.resume, text_encoder=args.text_encoder,
+                            vae=args.vae, stop_after_steps=args.stop_after)
+    print(f"run folder: {args.out}; model: {model}")
+
+
 # ---------------------------------------------------------------------------------------------- eval
-_MODEL_NOT_READY = ("--model is not available yet for benchmarks; use --ground-truth or --images DIR (library "
-                    "users: pass generate_fn/edit_fn to dreamlite.bench.geneval.run / dreamlite.bench.imgedit.run)")
+def _model_fns(args: argparse.Namespace):
+    """(generate_fn, edit_fn) of --model (default: the shipped model) for the benchmarks."""
+    from dreamlite.train.evaluate import model_fns
+
+    pipe = _load_pipeline(args)
+    kwargs = {k: v for k, v in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance)) if v is not None}
+    return model_fns(pipe, **kwargs)
 
 
 def _check_eval_args(args: argparse.Namespace) -> None:
-    if args.model:
-        raise UserError(_MODEL_NOT_READY)
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     if args.images and not Path(args.images).is_dir():
@@ -142,8 +155,8 @@ def cmd_eval_geneval(args: argparse.Namespace) -> None:
                               limit=args.limit)
     else:
         rows = geneval.load_metadata(metadata or geneval.default_metadata_path(), args.limit)
-        summary = geneval.run(rows, outdir, generate_fn=geneval.ground_truth_fn(rows, args.size),
-                              samples_per_prompt=args.samples_per_prompt, seed=args.seed)
+        fn = geneval.ground_truth_fn(rows, args.size) if args.ground_truth else _model_fns(args)[0]
+        summary = geneval.run(rows, outdir, generate_fn=fn, samples_per_prompt=args.samples_per_prompt, seed=args.seed)
     print(f"results: {outdir / 'results.jsonl'}")
     print(summary.format())
 
@@ -156,17 +169,25 @@ def cmd_eval_imgedit(args: argparse.Namespace) -> None:
     items = imgedit.load_bench(Path(args.bench) if args.bench else imgedit.default_bench_path(), args.limit)
     if args.ground_truth:
         imgedit.write_ground_truth(items, outdir)
-    summary = imgedit.run(items, outdir, images_dir=Path(args.images) if args.images else outdir)
+        summary = imgedit.run(items, outdir, images_dir=outdir)
+    elif args.images:
+        summary = imgedit.run(items, outdir, images_dir=Path(args.images))
+    else:
+        summary = imgedit.run(items, outdir, edit_fn=_model_fns(args)[1])
     print(f"results: {outdir / 'results.jsonl'}")
     print(summary.format())
 
 
 def _add_eval_source(p: argparse.ArgumentParser, what: str) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="model folder to benchmark (not available yet)")
+    src = p.add_mutually_exclusive_group(required=False)
+    src.add_argument("--model", help="model folder to benchmark (default, when no source is given: the shipped "
+                                     "model)")
     src.add_argument("--ground-truth", action="store_true", help=f"score rendered ground truth ({what})")
     src.add_argument("--images", help="score finished outputs in this folder instead of generating")
     p.add_argument("--limit", type=int, help="only the first N prompts/edits")
+    p.add_argument("--variant", choices=["base", "mobile"], help="model variant (default: the model's default)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the variant's)")
+    p.add_argument("--guidance", type=float, help="text guidance scale (default: the variant's)")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -247,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-eval", action="store_true", help="skip the per-stage benchmark evaluations")
     train.add_argument("--stop-after", type=int, help="stop after this many training steps (resume later)")
     train.set_defaults(func=cmd_train_run)
-    train_sub = train.add_subparsers(dest="train_command", required=False, metavar="[vae]")
+    train_sub = train.add_subparsers(dest="train_command", required=False, metavar="[vae|real]")
     p = train_sub.add_parser("vae", help="train the Shapes-world VAE on freshly rendered scenes")
     p.add_argument("--out", required=True, help="checkpoint folder (diffusers AutoencoderTiny + training state)")
     p.add_argument("--steps", type=int, help="total training steps (default 2000; on --resume the saved value)")
@@ -257,6 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="initialisation and data-stream seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.set_defaults(func=cmd_train_vae)
+    p = train_sub.add_parser("real", help="train on real image-caption pairs and edit triplets (data JSON)")
+    p.add_argument("--recipe", default="dreamlite-0.39b", help="recipe name or recipe .json file")
+    p.add_argument("--data", required=True, help="data config JSON (sources and buckets; dreamlite.data.sources)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--text-encoder", help="local Qwen3-VL folder, a text encoder spec .json, or 'minilm' "
+                                          "(default $DREAMLITE_TEXT_ENCODER, else the recipe's)")
+    p.add_argument("--vae", help="AutoencoderTiny folder (default $DREAMLITE_VAE, else the recipe's vae_path)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p.add_argument("--stop-after", type=int, help="stop after this many training steps (resume later)")
+    p.set_defaults(func=cmd_train_real)
 
     ev = sub.add_parser("eval", help="benchmarks in GenEval's and ImgEdit's formats on the Shapes world")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="BENCHMARK")

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, get_type_hints
 
+from dreamlite.models.vae import VAEConfig
+
 
 @dataclass(frozen=True)
 class DataMix:
@@ -67,6 +69,7 @@ class Recipe:
     stages: tuple[StageConfig, ...]
     unet_overrides: dict[str, Any] = field(default_factory=dict)
     text_encoder: str = "minilm"
+    vae: VAEConfig = field(default_factory=VAEConfig)
     vae_steps: int = 3000
     vae_path: str | None = None  # reuse a trained VAE instead of training one
     corpus: CorpusConfig = field(default_factory=CorpusConfig)

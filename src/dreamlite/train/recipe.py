@@ -41,8 +41,11 @@ def prepare_vae(recipe: Recipe, run_dir: Path, accelerator: Accelerator):
     if not (vae_dir / "config.json").is_file():
         if accelerator.is_main_process:
             from dreamlite.train.vae import VAETrainConfig, train_vae
-            train_vae(VAETrainConfig(steps=recipe.vae_steps, image_size=recipe.corpus.image_size,
-                                     seed=recipe.seed), vae_dir)
+            if recipe.vae.image_size != recipe.corpus.image_size:
+                raise ValueError(f"recipe VAE image_size {recipe.vae.image_size} differs from the corpus "
+                                 f"image_size {recipe.corpus.image_size}")
+            train_vae(vae_dir, VAETrainConfig(steps=recipe.vae_steps, size=recipe.corpus.image_size,
+                                              seed=recipe.seed), recipe.vae)
         accelerator.wait_for_everyone()
     return load_vae(vae_dir)
 

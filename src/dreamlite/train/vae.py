@@ -31,11 +31,13 @@ from dreamlite.models.vae import (VAEConfig, VAEError, decode, encode, fit_laten
 from dreamlite.shapes.render import render_batch
 from dreamlite.shapes.scene import (MAX_OBJECTS, OBJECT_COLORS, Scene, layout, random_background,
                                     random_object_attrs)
+from dreamlite.shapes.tasks import RESERVED_SEED_START, check_training_seed, sample_edit, sample_t2i
 
 TRAIN_STATE = "vae_train.json"
 OPTIMIZER_STATE = "optimizer.safetensors"
 METRICS = "metrics.json"
-HELDOUT_SEED = 0x5EED_E7A1  # held-out renders; training streams are keyed (seed, step) and never use it
+HELDOUT_SEED = 0x5EED_E7A1  # held-out renders: in the benchmark seed range, apart from the shipped benchmarks'
+assert HELDOUT_SEED >= RESERVED_SEED_START
 STATS_STEP = -1  # the latent statistics come from the training distribution's stream at this key
 
 
@@ -57,6 +59,7 @@ class VAETrainConfig:
         for name in ("steps", "batch", "size", "save_every", "eval_images", "stats_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        check_training_seed(self.seed)
         if not self.lr > 0 or self.warmup < 0 or not 0 <= self.final_lr_fraction <= 1 or self.edge_weight < 0:
             raise ValueError(f"bad schedule/loss settings: lr={self.lr}, warmup={self.warmup}, "
                              f"final_lr_fraction={self.final_lr_fraction}, edge_weight={self.edge_weight}")
@@ -96,15 +99,28 @@ def sample_scenes(rng: np.random.Generator, n: int) -> list[Scene]:
     return [layout(rng, random_object_attrs(rng, int(k)), random_background(rng)) for k in counts]
 
 
+def sample_mix(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray, list[Scene]]:
+    """uint8 images [n, size, size, 3] and their scenes: a third text-to-image targets, a third edit sources
+    and targets (the images the diffusion model trains on), a third random scenes of 0..5 objects (crowded
+    layouts the task samplers rarely draw, so the VAE never meets them first at generation time)."""
+    n_t2i = n // 3
+    n_edit = (n // 3 + 1) // 2
+    t2i = sample_t2i(rng, n_t2i, size)
+    edit = sample_edit(rng, n_edit, size)
+    crowd = sample_scenes(rng, n - n_t2i - 2 * n_edit)
+    images = np.concatenate([t2i.images, edit.sources, edit.targets, render_batch(crowd, size)])
+    return images, list(t2i.scenes) + list(edit.source_scenes) + list(edit.target_scenes) + crowd
+
+
 def batch_images(seed: int, step: int, n: int, size: int) -> np.ndarray:
     """uint8 [n, size, size, 3] renders of training batch ``step`` of stream ``seed``."""
     rng = np.random.default_rng((seed, step) if step >= 0 else (seed, 2**32 + step))
-    return render_batch(sample_scenes(rng, n), size)
+    return sample_mix(rng, n, size)[0]
 
 
-def heldout_scenes(n: int) -> list[Scene]:
-    """The fixed held-out scenes (one seed no training stream uses)."""
-    return sample_scenes(np.random.default_rng(HELDOUT_SEED), n)
+def heldout_set(n: int, size: int) -> tuple[np.ndarray, list[Scene]]:
+    """The fixed held-out images and scenes (a benchmark-range seed that no training stream uses)."""
+    return sample_mix(np.random.default_rng(HELDOUT_SEED), n, size)
 
 
 # ------------------------------------------------------------------------------------------------- loss
@@ -145,25 +161,26 @@ def _object_colour_errors(scenes: Sequence[Scene], truth: np.ndarray, recon: np.
 
 
 @torch.no_grad()
-def reconstruction_metrics(vae: AutoencoderTiny, scenes: Sequence[Scene], size: int = 64,
+def reconstruction_metrics(vae: AutoencoderTiny, images: np.ndarray, scenes: Sequence[Scene] | None = None,
                            batch: int = 100) -> ReconstructionMetrics:
-    """PSNR and object colour error of the uint8 round trip render -> encode -> decode -> uint8."""
+    """PSNR of the uint8 round trip images -> encode -> decode -> uint8, and (given the images' ``scenes``)
+    the object colour error."""
     device = next(vae.parameters()).device
     sq_err, per_image, colour = 0.0, [], []
-    for i in range(0, len(scenes), batch):
-        part = scenes[i:i + batch]
-        truth = render_batch(part, size)
+    for i in range(0, len(images), batch):
+        truth = images[i:i + batch]
         recon = to_uint8(decode(vae, encode(vae, to_tensor(truth).to(device))))
         err = (recon.astype(np.float64) - truth.astype(np.float64)) ** 2
         sq_err += float(err.sum())
         per_image += [10 * math.log10(255.0**2 / max(float(e.mean()), 1e-10)) for e in err]
-        colour += _object_colour_errors(part, truth, recon)
-    mse = sq_err / (len(scenes) * size * size * 3)
+        if scenes is not None:
+            colour += _object_colour_errors(scenes[i:i + batch], truth, recon)
+    mse = sq_err / max(1, images.size)
     return ReconstructionMetrics(psnr=10 * math.log10(255.0**2 / max(mse, 1e-10)),
                                  psnr_mean_per_image=float(np.mean(per_image)),
                                  color_error=float(np.mean(colour)) if colour else 0.0,
                                  color_error_max=float(np.max(colour)) if colour else 0.0,
-                                 images=len(scenes), objects=len(colour))
+                                 images=len(images), objects=len(colour))
 
 
 # ------------------------------------------------------------------------------------------------- state
@@ -300,7 +317,7 @@ def _finish(vae: AutoencoderTiny, opt: torch.optim.Optimizer, out: Path, vae_cfg
     scale, shift = fit_latent_scaling(vae, stats)
     set_latent_scaling(vae, scale, shift)
     vae_cfg = replace(vae_cfg, scaling_factor=scale, shift_factor=shift)
-    metrics = reconstruction_metrics(vae, heldout_scenes(cfg.eval_images), cfg.size)
+    metrics = reconstruction_metrics(vae, *heldout_set(cfg.eval_images, cfg.size))
     ips = (cfg.steps - start) * cfg.batch / max(seconds, 1e-9)
     record = {"step": cfg.steps, "final_loss": loss, "train_seconds": round(seconds, 1),
               "train_images_per_second": round(ips, 2), "scaling_factor": scale, "shift_factor": shift,

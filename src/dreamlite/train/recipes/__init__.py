@@ -8,7 +8,8 @@ from pathlib import Path
 
 from dreamlite.train.config import Recipe
 
-RECIPES = {"shapes-tiny": "shapes_tiny", "shapes-tiny-quick": "shapes_tiny"}
+RECIPES = {"shapes-tiny": "shapes_tiny", "shapes-tiny-quick": "shapes_tiny",
+           "dreamlite-0.39b": "dreamlite_039b", "dreamlite-0.39b-smoke": "dreamlite_039b"}
 
 
 def get_recipe(name: str) -> Recipe:

@@ -5,6 +5,7 @@ neither is forgotten, stage 4 is SFT on a curated pool (the hardest compositions
 from measured throughput (BENCHMARKS.md): the whole recipe, VAE included, fits in ~2 hours on 2 cores.
 """
 
+from dreamlite.models.vae import VAEConfig
 from dreamlite.train.config import CorpusConfig, DataMix, EvalConfig, Recipe, StageConfig
 
 T2I = DataMix(t2i=1.0, edit=0.0)
@@ -39,6 +40,7 @@ QUICK = Recipe(
     ),
     unet_overrides=dict(block_out_channels=(32, 64, 96), num_attention_heads=(1, 2, 3), cross_attention_dim=64,
                         time_embed_dim=64, size_embed_dim=8, norm_num_groups=16),
+    vae=VAEConfig(image_size=32),
     vae_steps=5,
     corpus=CorpusConfig(n_t2i=64, n_edit=64, n_sft=32, image_size=32),
     eval=EvalConfig(geneval_limit=6, imgedit_limit=8, steps=2),
