@@ -10,7 +10,8 @@ import torch
 
 from dreamlite.cli import main
 from dreamlite.models.vae import VAEConfig, VAEError, encode, load_vae, make_vae, to_tensor
-from dreamlite.train.vae import (VAETrainConfig, batch_images, lr_at, read_train_state, reconstruction_loss,
+from dreamlite.train.vae import (VAETrainConfig, batch_images, heldout_set, lr_at, read_train_state,
+                                 reconstruction_loss,
                                  reconstruction_metrics, resolve_configs, train_vae)
 
 TINY = VAEConfig(image_size=32, downsample=8, latent_channels=4, encoder_width=8, decoder_width=8,
@@ -69,11 +70,16 @@ def test_resume_continues_from_the_saved_step(tmp_path):
         resolve_configs(out, True, VAEConfig(image_size=32))
 
 
-def test_data_stream_is_deterministic_and_heldout_metrics_are_exact_for_identity():
-    a, b = batch_images(0, 5, 4, 32), batch_images(0, 5, 4, 32)
+def test_data_stream_is_deterministic_and_mixes_tasks():
+    a, b = batch_images(0, 5, 7, 32), batch_images(0, 5, 7, 32)
     np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, batch_images(0, 6, 4, 32))
-    assert a.dtype == np.uint8 and a.shape == (4, 32, 32, 3)
+    assert not np.array_equal(a, batch_images(0, 6, 7, 32))
+    assert a.dtype == np.uint8 and a.shape == (7, 32, 32, 3)
+    images, scenes = heldout_set(9, 32)
+    assert images.shape == (9, 32, 32, 3) and len(scenes) == 9
+    assert not np.array_equal(images[:7], batch_images(0, 0, 7, 32))
+    with pytest.raises(ValueError, match="reserved for benchmarks"):
+        VAETrainConfig(seed=2_000_000_000)
 
 
 def test_lr_schedule_warms_up_then_decays():
@@ -84,7 +90,6 @@ def test_lr_schedule_warms_up_then_decays():
 
 
 def test_metrics_detect_colour_errors(tmp_path):
-    from dreamlite.train.vae import heldout_scenes
 
     class Tint(torch.nn.Module):
         """A fake 'VAE' whose round trip adds a fixed offset (to check the metric's arithmetic)."""
@@ -100,8 +105,8 @@ def test_metrics_detect_colour_errors(tmp_path):
         def decode(self, z, return_dict=False):
             return (z + 10 / 127.5,)
 
-    scenes = [s for s in heldout_scenes(12) if s.objects][:4]
-    m = reconstruction_metrics(Tint(), scenes, size=32, batch=3)
+    images, scenes = heldout_set(6, 32)
+    m = reconstruction_metrics(Tint(), images, scenes, batch=4)
     # every pixel off by 10 (except saturated white channels) -> PSNR near 28.1 dB, colour error <= 10*sqrt(3)
     assert 28.0 < m.psnr < 29.5 and m.objects > 0
     assert 9.0 < m.color_error <= 10 * 3**0.5 + 1e-6

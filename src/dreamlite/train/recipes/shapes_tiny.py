@@ -48,3 +48,23 @@ QUICK = Recipe(
 )
 
 RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-quick": QUICK}
+
+
+def ablation(arm: str, total_steps: int = 1500, batch_size: int = 128) -> Recipe:
+    """The ablation the paper rests on (Sec. 4.4), at equal total steps on the same corpus:
+    ``progressive`` (T2I -> edit -> joint), ``joint`` (both from scratch), ``t2i`` / ``edit`` (separate models)."""
+    s = total_steps
+    stages = {
+        "progressive": (StageConfig("t2i", T2I, steps=int(0.4 * s), lr=1e-3, batch_size=batch_size, warmup_steps=50),
+                        StageConfig("edit", EDIT, steps=int(0.2 * s), lr=1e-3, batch_size=batch_size, warmup_steps=20),
+                        StageConfig("joint", JOINT, steps=s - int(0.4 * s) - int(0.2 * s), lr=6e-4,
+                                    batch_size=batch_size, warmup_steps=20)),
+        "joint": (StageConfig("joint", JOINT, steps=s, lr=1e-3, batch_size=batch_size, warmup_steps=50),),
+        "t2i": (StageConfig("t2i", T2I, steps=s, lr=1e-3, batch_size=batch_size, warmup_steps=50),),
+        "edit": (StageConfig("edit", EDIT, steps=s, lr=1e-3, batch_size=batch_size, warmup_steps=50),),
+    }[arm]
+    return Recipe(name=f"ablation-{arm}", preset="tiny", stages=stages, vae=SHAPES_TINY.vae,
+                  corpus=SHAPES_TINY.corpus, eval=SHAPES_TINY.eval, checkpoint_every=500)
+
+
+RECIPES.update({f"ablation-{arm}": ablation(arm) for arm in ("progressive", "joint", "t2i", "edit")})
