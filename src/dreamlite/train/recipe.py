@@ -34,18 +34,20 @@ def make_accelerator() -> Accelerator:
 
 
 def prepare_vae(recipe: Recipe, run_dir: Path, accelerator: Accelerator):
+    """The recipe's VAE: ``vae_path`` if given, else trained into ``<run>/vae`` (a cut VAE run resumes; a
+    finished one, marked by its ``metrics.json``, is reused)."""
     from dreamlite.models.vae import load_vae
+    from dreamlite.train.vae import METRICS, TRAIN_STATE, VAETrainConfig, train_vae
     if recipe.vae_path:
         return load_vae(recipe.vae_path)
     vae_dir = run_dir / "vae"
-    if not (vae_dir / "config.json").is_file():
+    if not (vae_dir / METRICS).is_file():
         if accelerator.is_main_process:
-            from dreamlite.train.vae import VAETrainConfig, train_vae
             if recipe.vae.image_size != recipe.corpus.image_size:
                 raise ValueError(f"recipe VAE image_size {recipe.vae.image_size} differs from the corpus "
                                  f"image_size {recipe.corpus.image_size}")
-            train_vae(vae_dir, VAETrainConfig(steps=recipe.vae_steps, size=recipe.corpus.image_size,
-                                              seed=recipe.seed), recipe.vae)
+            cfg = VAETrainConfig(steps=recipe.vae_steps, size=recipe.corpus.image_size, seed=recipe.seed)
+            train_vae(vae_dir, cfg, recipe.vae, resume=(vae_dir / TRAIN_STATE).is_file())
         accelerator.wait_for_everyone()
     return load_vae(vae_dir)
 
