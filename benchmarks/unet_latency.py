@@ -88,7 +88,7 @@ def main() -> None:
     for name, (build, canvases) in models.items():
         model = build().eval()
         params = count_params(model)
-        model = model.to(args.device, dtype)
+        model = torch.nn.Module.to(model, args.device, dtype)  # ModelMixin.to warns needlessly
         for h, w in canvases:
             gf = flops(model.float().cpu(), h, w) if args.device == "cpu" and dtype == torch.float32 else float("nan")
             call = make_call(name, model, h, w, args.device, dtype)

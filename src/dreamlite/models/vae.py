@@ -208,6 +208,10 @@ def _read_config(path: Path) -> dict[str, Any]:
     name = config.get("_class_name", "AutoencoderTiny")
     if name != "AutoencoderTiny":
         raise VAEError(f"{cfg_path} describes a {name}; dreamlite's VAE is an AutoencoderTiny")
+    # AutoencoderTiny records ``block_out_channels`` (an alias of the decoder's) in the config it saves but
+    # warns when given it back; drop the alias so loading our own folders is quiet.
+    if config.get("block_out_channels") == config.get("decoder_block_out_channels"):
+        config.pop("block_out_channels", None)
     return config
 
 
@@ -235,7 +239,9 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu",
     except RuntimeError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise VAEError(f"{weights} does not match {path / CONFIG_NAME}: {first}") from None
-    return vae.to(device=device, dtype=dtype).eval()
+    # nn.Module.to, not ModelMixin.to: the latter warns about fp32-pinned modules on every dtype argument,
+    # even when (as here) there are none.
+    return torch.nn.Module.to(vae, device=device, dtype=dtype).eval()
 
 
 def save_vae(vae: AutoencoderTiny, path: str | Path, *, overwrite: bool = False,
