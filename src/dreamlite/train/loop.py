@@ -223,9 +223,10 @@ def train_stage(accelerator: Accelerator, unet, ema: EMA, make_sampler: Callable
                 f.write(json.dumps({"stage": stage.name, "step": state.global_step, "loss": value}) + "\n")
         bar.update(1)
         bar.set_postfix(loss=f"{value:.4f}")
-        if state.step % checkpoint_every == 0 or state.step == stage.steps:
+        stopping = stop_after is not None and done >= stop_after  # checkpointed, so resume continues here
+        if stopping or state.step % checkpoint_every == 0 or state.step == stage.steps:
             save_checkpoint(run_dir, accelerator, unet, ema, optimizer, scheduler, generator, state)
-        if stop_after is not None and done >= stop_after:
+        if stopping:
             break
     bar.close()
     seconds = time.perf_counter() - t0

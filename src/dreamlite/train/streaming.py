@@ -368,6 +368,9 @@ def run_real_recipe(recipe: Recipe, data_config: DataConfig | str | Path, run_di
     encoder = components.encoder.to(accelerator.device)
     torch.manual_seed(recipe.seed)
     unet = build_unet(recipe, frozen_vae)
+    if encoder.hidden_size != unet.config.text_embed_dim:  # fail before indexing the data, not at step 1
+        raise ValueError(f"text encoder width {encoder.hidden_size} does not match the U-Net's text_embed_dim "
+                         f"{unet.config.text_embed_dim} (recipe {recipe.name!r}: set unet_overrides.text_embed_dim)")
     data = open_real_data(recipe, data_config, required_multiple(frozen_vae, unet))
     run_dir.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
