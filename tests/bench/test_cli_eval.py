@@ -25,7 +25,7 @@ def test_eval_imgedit_ground_truth(tmp_path, capsys):
 
 def test_eval_errors_are_one_line(tmp_path, capsys):
     assert main(["eval", "geneval", "--model", "m", "--outdir", str(tmp_path)]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert "model folder not found: m" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     rows = geneval.load_metadata(geneval.default_metadata_path(), limit=2)
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n{broken\n")

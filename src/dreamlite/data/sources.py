@@ -110,12 +110,13 @@ class DataSourceConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """A run's data: the sources and the bucket settings (``dreamlite.data.buckets``). ``bucket_scale`` None
-    means the recipe's resolution / 1024 (1.0 for a 1024-px recipe)."""
+    means the recipe's resolution / 1024 (1.0 for a 1024-px recipe); ``bucket_multiple`` None means what the
+    model needs (VAE factor x U-Net downsampling: 32 px for the 0.39B network with TAESDXL)."""
 
     sources: tuple[DataSourceConfig, ...]
     buckets: str | tuple[tuple[int, int], ...] = "v54"
     bucket_scale: float | None = None
-    bucket_multiple: int = 16
+    bucket_multiple: int | None = None
     decode_workers: int = 4  # threads decoding/resizing one batch's images (PIL releases the GIL)
 
     def __post_init__(self) -> None:

@@ -59,7 +59,7 @@ class RealData:
     @classmethod
     def open(cls, config: DataConfig, buckets: Sequence[Bucket] | None = None) -> "RealData":
         if buckets is None:
-            buckets = make_buckets(config.buckets, config.bucket_scale or 1.0, config.bucket_multiple)
+            buckets = make_buckets(config.buckets, config.bucket_scale or 1.0, config.bucket_multiple or 16)
         buckets = tuple(buckets)
         sources = [open_source(s) for s in config.sources]
         members: list[list[Tensor] | None] = []
@@ -340,7 +340,7 @@ def required_multiple(vae: Any, unet: Any) -> int:
 def open_real_data(recipe: Recipe, data_config: DataConfig | str | Path, multiple: int) -> RealData:
     config = data_config if isinstance(data_config, DataConfig) else DataConfig.from_json(data_config)
     scale = config.bucket_scale if config.bucket_scale is not None else recipe.corpus.image_size / 1024
-    buckets = make_buckets(config.buckets, scale, config.bucket_multiple)
+    buckets = make_buckets(config.buckets, scale, config.bucket_multiple or multiple)
     check_multiple(buckets, multiple)
     return RealData.open(config, buckets)
 
