@@ -260,8 +260,13 @@ def test_recipe_resolution_sets_the_bucket_scale(folders):
     # 40x40, 40x40, 64x64 -> the square bucket; 120x68 (1.76) -> 336x192 (1.75).
     members = {data.buckets[k]: m.tolist() for k, m in enumerate(data.members[0]) if len(m)}
     assert members == {(256, 256): [0, 1, 3], (336, 192): [2]}
+    # an explicit multiple the model cannot use is an error; by default buckets follow the model's multiple
     with pytest.raises(ValueError, match="not multiples of 64 px"):
-        open_real_data(smoke, DataConfig(sources=(DataSourceConfig("folder", "t2i", str(pairs)),)), 64)
+        open_real_data(smoke, DataConfig(sources=(DataSourceConfig("folder", "t2i", str(pairs)),),
+                                         bucket_multiple=16), 64)
+    data64 = open_real_data(smoke, DataConfig(sources=(DataSourceConfig("folder", "t2i", str(pairs)),)), 64)
+    assert data64.buckets == make_buckets("v54", 0.25, 64)
+    assert all(w % 64 == 0 and h % 64 == 0 for w, h in data64.buckets)
 
 
 # ------------------------------------------------------------------------------------------------ the runner
