@@ -44,10 +44,26 @@ def cmd_convert_official(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------ generate / edit
+BACKENDS = ("torch", "onnx")
+
+
+def _check_backend(args: argparse.Namespace) -> None:
+    """``--backend`` is checked here, not by argparse, so a wrong name is the usual one-line error."""
+    backend = getattr(args, "backend", "torch")
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
+
+
 def _load_pipeline(args: argparse.Namespace):
     from dreamlite.paths import default_model
     from dreamlite.pipeline import DreamLitePipeline
 
+    _check_backend(args)
+    if getattr(args, "backend", "torch") == "onnx":
+        from dreamlite.export.onnx import load_onnx_pipeline
+        if not args.model:
+            raise UserError("--backend onnx needs --model DIR, a folder written by `dreamlite export onnx`")
+        return load_onnx_pipeline(args.model, variant=args.variant)
     model = Path(args.model) if args.model else default_model()
     return DreamLitePipeline.from_pretrained(model, variant=args.variant)
 
@@ -72,6 +88,7 @@ def _run_sampling(args: argparse.Namespace, image=None) -> None:
     from dreamlite.imageio import save_image
 
     _check_sampling_args(args)
+    _check_backend(args)
     if image is not None:
         from dreamlite.imageio import load_image
         image = load_image(image)  # fails early with a clear message, before any model is loaded
@@ -135,6 +152,7 @@ def _model_fns(args: argparse.Namespace):
 
 
 def _check_eval_args(args: argparse.Namespace) -> None:
+    _check_backend(args)
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     if args.images and not Path(args.images).is_dir():
@@ -188,6 +206,24 @@ def _add_eval_source(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--variant", choices=["base", "mobile"], help="model variant (default: the model's default)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the variant's)")
     p.add_argument("--guidance", type=float, help="text guidance scale (default: the variant's)")
+    p.add_argument("--backend", default="torch", help="torch (a model folder) or onnx (an exported folder)")
+
+
+# -------------------------------------------------------------------------------------------- export
+EXPORT_BACKENDS = ("onnx",)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    if args.backend not in EXPORT_BACKENDS:
+        raise UserError(f"unknown export backend {args.backend!r}; available: {', '.join(EXPORT_BACKENDS)}")
+    from dreamlite.export.onnx import export_onnx
+    from dreamlite.paths import default_model
+
+    model = Path(args.model) if args.model else default_model()
+    r = export_onnx(model, args.out, resolution=args.resolution, int8=args.int8, variant=args.variant)
+    print(f"wrote {r.path} in {r.seconds:.0f} s")
+    for name, size in r.files.items():
+        print(f"  {name:<26}{size / 1e6:10.2f} MB")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -224,6 +260,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, edit: bool) -> None:
     p.add_argument("--steps", type=int, help="sampling steps (default: the variant's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, help="text guidance scale (1 = off)")
+    p.add_argument("--backend", default="torch", help="torch (a model folder) or onnx (an exported folder)")
     if edit:
         p.add_argument("--image-guidance", type=float, help="image guidance scale (1 = off)")
 
@@ -304,6 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", help="basic_edit.json with targets.json and images/ beside it (default: shipped)")
     p.add_argument("--outdir", default="outputs/imgedit_shapes", help="output folder")
     p.set_defaults(func=cmd_eval_imgedit)
+
+    p = sub.add_parser("export", help="export a model for on-device runtimes: `export onnx --out DIR`")
+    p.add_argument("backend", metavar="BACKEND", help="export format: onnx")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--out", required=True, help="output folder (must not exist or be empty; written atomically)")
+    p.add_argument("--resolution", help="image size R or WxH the U-Net is exported for (default: the model's)")
+    p.add_argument("--int8", action="store_true", help="also write int8 (dynamic) U-Net and text encoder")
+    p.add_argument("--variant", choices=["base", "mobile"], help="U-Net variant (default: the model's default)")
+    p.set_defaults(func=cmd_export)
 
     data = sub.add_parser("data", help="write datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATASET")

@@ -1,0 +1,339 @@
+"""ONNX export and the onnxruntime backend: same numbers as PyTorch, int8 files, clean failures.
+
+One tiny pipeline (32 px, 4x VAE, a shrunk ``tiny`` U-Net, MiniLM) is exported once with ``--int8`` through the
+CLI; the tests compare each graph, and whole generations and edits, against the PyTorch pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from dreamlite import MobileUNet
+from dreamlite.cli import main
+from dreamlite.export.onnx import (
+    FILES, INT8_FILES, MANIFEST_NAME, OnnxUNet, export_onnx, load_onnx_pipeline, make_session, read_manifest,
+)
+from dreamlite.models.text import MiniLMTextEncoder
+from dreamlite.models.vae import VAEConfig, decode, encode, make_vae
+from dreamlite.pipeline import DreamLitePipeline, PipelineDefaults, VariantDefaults
+from dreamlite.prompts import MINILM_FORMAT
+
+UNET = dict(block_out_channels=(32, 64, 96), num_attention_heads=(1, 2, 3), cross_attention_dim=64,
+            time_embed_dim=64, size_embed_dim=8, norm_num_groups=16)
+ATOL = 1e-4
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.out, captured.err
+
+
+def one_line_error(err: str, *needles: str) -> None:
+    """The message is one ``error: ...`` line, the last one (loading MiniLM may draw a progress bar first)."""
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), err
+    assert sum("error" in line.lower() for line in lines) == 1, err
+    for needle in needles:
+        assert needle in lines[-1], err
+
+
+def no_artefacts(parent, name) -> None:
+    assert not (parent / name).exists()
+    assert not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")], list(parent.iterdir())
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return MiniLMTextEncoder.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, encoder):
+    torch.manual_seed(0)
+    vae = make_vae(VAEConfig(image_size=32)).eval()
+    with torch.no_grad():  # a random decoder is nearly flat (pixel std ~5); gain makes pixel errors visible
+        vae.decoder.layers[-1].weight.mul_(10.0)
+    c = vae.config.latent_channels
+    unet = MobileUNet.from_preset("tiny", in_channels=c, out_channels=c, **UNET).eval()
+    defaults = PipelineDefaults(resolution=(32, 32), variants={"base": VariantDefaults("unet", 2, 2.0, 1.5)})
+    pipe = DreamLitePipeline(unet=unet, vae=vae, text_encoder=encoder, defaults=defaults)
+    return pipe.save_pretrained(tmp_path_factory.mktemp("onnx") / "model")
+
+
+@pytest.fixture(scope="module")
+def torch_pipe(model_dir, encoder):
+    return DreamLitePipeline.from_pretrained(model_dir, text_encoder=encoder)
+
+
+@pytest.fixture(scope="module")
+def exported(model_dir):
+    out = model_dir.parent / "exported"
+    assert main(["export", "onnx", "--model", str(model_dir), "--out", str(out), "--int8"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def onnx_pipe(exported):
+    return load_onnx_pipeline(exported)
+
+
+# --------------------------------------------------------------------------------------------- layout
+def test_export_writes_graphs_and_a_manifest(exported, model_dir, torch_pipe):
+    m = read_manifest(exported)
+    assert m["resolution"] == [32, 32]
+    assert m["latent"] == {"channels": 4, "height": 8, "width": 8, "downsample": 4, "canvas": [4, 8, 16]}
+    assert m["vae"]["scaling_factor"] == torch_pipe.vae.config.scaling_factor
+    assert m["vae"]["shift_factor"] == torch_pipe.vae.config.shift_factor
+    assert m["prompts"]["family"] == "minilm"
+    assert (m["prompts"]["generate_prefix"], m["prompts"]["edit_prefix"]) == (MINILM_FORMAT.generate_prefix,
+                                                                              MINILM_FORMAT.edit_prefix)
+    assert m["defaults"] == json.loads((model_dir / "dreamlite.json").read_text())  # copied as is
+    assert m["defaults"]["variants"]["base"]["num_inference_steps"] == 2
+    assert m["scheduler"]["base_shift"] == 0.5 and m["scheduler"]["max_shift"] == 1.16
+    io = m["io"]["unet"]["inputs"]
+    assert io["sample"] == ["batch", 4, 8, 16]  # canvas fixed, batch dynamic
+    assert io["encoder_hidden_states"] == ["batch", "text_len", 384]  # text length dynamic
+    assert io["encoder_attention_mask"] == ["batch", "text_len"]
+    for name, file in {**FILES, **{f"{k}_int8": v for k, v in INT8_FILES.items()}}.items():
+        assert m["files"][name] == {"path": file, "bytes": (exported / file).stat().st_size}
+        assert onnx.load(str(exported / file)).opset_import[0].version == 18
+    assert (exported / "tokenizer" / "tokenizer.json").is_file()
+    assert not [p for p in exported.parent.iterdir() if p.name.startswith(".exported.")]  # staging renamed
+
+
+# --------------------------------------------------------------------------------------------- graphs
+def _unet_inputs(B: int, L: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[-1, 2:] = 0  # the last row's prompt is short: padded positions must not count
+    text = torch.randn(B, L, 384, generator=g) * mask[..., None]
+    t = torch.rand(B, generator=g) * 1000
+    return torch.randn(B, 4, 8, 16, generator=g), t, text, mask, torch.tensor([[32.0, 32.0]] * B)
+
+
+@pytest.mark.parametrize("B,L", [(3, 5), (2, 12)])
+def test_unet_matches_pytorch_with_padded_text(exported, torch_pipe, B, L):
+    onnx_unet = OnnxUNet(make_session(exported / FILES["unet"], None), {}, [4, 8, 16])
+    x, t, text, mask, ids = _unet_inputs(B, L, seed=L)
+    with torch.no_grad():
+        ref = torch_pipe.unet(x, t, text, mask, ids)
+    out = onnx_unet(x, t, text, mask, ids)
+    diff = (out - ref).abs().max().item()
+    print(f"U-Net B={B} L={L}: max abs diff {diff:.2e} (output mean |v| {ref.abs().mean():.3f})")
+    assert out.shape == ref.shape == (B, 4, 8, 16) and diff < ATOL
+    assert ref.abs().mean() > 1e-2
+    noisy = text.clone()
+    noisy[-1, 2:] = 50.0  # garbage under the mask: both backends must ignore it
+    torch.testing.assert_close(onnx_unet(x, t, noisy, mask, ids), out, atol=ATOL, rtol=0)
+    assert (onnx_unet(x, t, text + 1, mask, ids) - out).abs().max() > 1e-3  # but the text does matter
+
+
+def test_unet_refuses_another_canvas(exported):
+    onnx_unet = OnnxUNet(make_session(exported / FILES["unet"], None), {}, [4, 8, 16])
+    x, t, text, mask, ids = _unet_inputs(1, 4, seed=0)
+    with pytest.raises(ValueError, match=r"exported for canvas \[4, 8, 16\]"):
+        onnx_unet(x[..., :8], t, text, mask, ids)
+
+
+def test_vae_encode_decode_match_pytorch(onnx_pipe, torch_pipe):
+    g = torch.Generator().manual_seed(0)
+    for h, w in [(32, 32), (24, 40)]:  # spatial axes are dynamic in the VAE graphs
+        pixels = torch.rand(2, 3, h, w, generator=g) * 2 - 1
+        with torch.no_grad():
+            z_ref, z = encode(torch_pipe.vae, pixels), encode(onnx_pipe.vae, pixels)
+            x_ref, x = decode(torch_pipe.vae, z_ref), decode(onnx_pipe.vae, z_ref)
+        dz, dx = (z - z_ref).abs().max().item(), (x - x_ref).abs().max().item()
+        print(f"VAE {h}x{w}: encode max abs diff {dz:.2e}, decode {dx:.2e}")
+        assert z.shape == (2, 4, h // 4, w // 4) and dz < ATOL and dx < ATOL
+        assert z_ref.std() > 1e-2 and x_ref.std() > 1e-2
+
+
+def test_text_encoder_matches_pytorch(onnx_pipe, encoder):
+    prompts = ["a red circle to the left of a blue star", "two", ""]
+    for kw in (dict(task="generate"), dict(task="edit"), dict(task="generate", unconditional=True)):
+        h_ref, m_ref = encoder.encode(prompts, **kw)
+        h, m = onnx_pipe.text_encoder.encode(prompts, **kw)
+        assert torch.equal(m, m_ref) and h.shape == h_ref.shape
+        diff = (h - h_ref).abs().max().item()
+        print(f"MiniLM {kw}: max abs diff {diff:.2e}")
+        assert diff < ATOL
+        assert h[2, int(m[2].sum()):].abs().max() == 0  # padding rows are exactly zero, as in torch
+
+
+# --------------------------------------------------------------------------------------------- pipeline
+def test_pipeline_latents_match_pytorch(onnx_pipe, torch_pipe):
+    src = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    for kw in (dict(), dict(image=src)):  # CFG over 2 rows (generate) and 3 rows (edit)
+        a = torch_pipe(["a red circle", "a blue star"], generator=torch.Generator().manual_seed(4),
+                       output_type="latent", progress=False, **kw).images
+        b = onnx_pipe(["a red circle", "a blue star"], generator=torch.Generator().manual_seed(4),
+                      output_type="latent", progress=False, **kw).images
+        diff = (a - b).abs().max().item()
+        print(f"pipeline latents ({'edit' if kw else 'generate'}): max abs diff {diff:.2e}")
+        assert diff < ATOL and a.abs().mean() > 0.1
+
+
+def test_cli_backend_onnx_images_match_pytorch(model_dir, exported, tmp_path, capsys):
+    src = tmp_path / "src.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(src)
+    images = {}
+    for backend, model in (("torch", model_dir), ("onnx", exported)):
+        for seed in (5, 6):
+            out = tmp_path / f"{backend}-{seed}.png"
+            code, _, err = run(["generate", "a green square", "-o", out, "--model", model, "--backend", backend,
+                                "--seed", seed], capsys)
+            assert code == 0, err
+            images[backend, seed] = np.asarray(Image.open(out))
+        out = tmp_path / f"{backend}-edit.png"
+        code, _, err = run(["edit", src, "make it red", "-o", out, "--model", model, "--backend", backend], capsys)
+        assert code == 0, err
+        images[backend, "edit"] = np.asarray(Image.open(out))
+    gen, edit = psnr(images["torch", 5], images["onnx", 5]), psnr(images["torch", "edit"], images["onnx", "edit"])
+    control = psnr(images["torch", 5], images["torch", 6])
+    print(f"PSNR onnx vs torch: generate {gen:.1f} dB, edit {edit:.1f} dB; other seed (control) {control:.1f} dB")
+    assert gen >= 40 and edit >= 40
+    assert control < 30  # the metric does see a different image
+    assert images["onnx", "edit"].shape == (24, 40, 3)  # resized back to the source, as the torch path
+
+
+def test_eval_runs_on_the_onnx_backend(model_dir, exported, tmp_path, capsys):
+    for backend, model in (("torch", model_dir), ("onnx", exported)):
+        code, out, err = run(["eval", "geneval", "--model", model, "--backend", backend, "--limit", 2,
+                              "--samples-per-prompt", 1, "--outdir", tmp_path / backend], capsys)
+        assert code == 0, err
+        assert "results:" in out
+    a = sorted((tmp_path / "torch").rglob("*.png"))
+    b = sorted((tmp_path / "onnx").rglob("*.png"))
+    assert len(a) == len(b) == 2
+    for pa, pb in zip(a, b):
+        assert psnr(np.asarray(Image.open(pa)), np.asarray(Image.open(pb))) >= 40
+
+
+def test_other_resolution_export(model_dir, torch_pipe, tmp_path):
+    r = export_onnx(model_dir, tmp_path / "new" / "onnx16", resolution="16")
+    assert read_manifest(r.path)["latent"]["canvas"] == [4, 4, 8] and "unet.int8.onnx" not in r.files
+    pipe16 = load_onnx_pipeline(r.path)
+    a = torch_pipe("a star", height=16, width=16, generator=torch.Generator().manual_seed(0), output_type="np",
+                   progress=False).images
+    b = pipe16("a star", generator=torch.Generator().manual_seed(0), output_type="np", progress=False).images
+    assert b.shape == (1, 16, 16, 3) and psnr(a, b) >= 40
+    with pytest.raises(ValueError, match="no int8 files"):
+        load_onnx_pipeline(r.path, int8=True)
+
+
+# --------------------------------------------------------------------------------------------- int8
+def test_int8_files_are_smaller_and_close(exported, onnx_pipe):
+    m = read_manifest(exported)["files"]
+    for name in INT8_FILES:
+        fp32, int8 = m[name]["bytes"], m[f"{name}_int8"]["bytes"]
+        print(f"{name}: fp32 {fp32 / 1e6:.2f} MB, int8 {int8 / 1e6:.2f} MB ({int8 / fp32:.0%})")
+        assert int8 < 0.8 * fp32
+        ops = {n.op_type for n in onnx.load(str(exported / INT8_FILES[name])).graph.node}
+        assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops
+    q = load_onnx_pipeline(exported, int8=True)
+    x, t, text, mask, ids = _unet_inputs(3, 6, seed=1)
+    ref, out = onnx_pipe.unet(x, t, text, mask, ids), q.unet(x, t, text, mask, ids)
+    rel = ((out - ref).norm() / ref.norm()).item()
+    prompts = ["a red circle to the left of a blue star", "[x] three yellow triangles", ""]
+    h_ref, mask_t = onnx_pipe.text_encoder.encode(prompts)
+    h, _ = q.text_encoder.encode(prompts)
+    rel_text = ((h - h_ref).norm() / h_ref.norm()).item()
+    keep = mask_t.bool()
+    cos = torch.nn.functional.cosine_similarity(h[keep], h_ref[keep], dim=-1).min().item()
+    print(f"int8 U-Net relative error {rel:.4f}; int8 MiniLM relative error {rel_text:.4f}, min token cosine {cos:.4f}")
+    assert 1e-5 < rel < 0.03  # measured 0.010: quantized, and close
+    assert 1e-5 < rel_text < 0.25 and cos > 0.9  # measured 0.148 / 0.977: MiniLM's outlier features cost more
+
+
+# --------------------------------------------------------------------------------------------- errors
+def test_unwritable_destination_fails_cleanly(model_dir, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = run(["export", "onnx", "--model", model_dir, "--out", blocker / "onnx"], capsys)
+    assert code == 2
+    one_line_error(err, "cannot write", "not a folder")
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")
+def test_read_only_destination_fails_cleanly(model_dir, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        code, _, err = run(["export", "onnx", "--model", model_dir, "--out", ro / "onnx"], capsys)
+    finally:
+        ro.chmod(0o700)
+    assert code == 2
+    one_line_error(err, "not writable")
+    assert list(ro.iterdir()) == []
+
+
+def test_model_without_weights_fails_cleanly(model_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    code, _, err = run(["export", "onnx", "--model", broken, "--out", tmp_path / "onnx"], capsys)
+    assert code == 2
+    one_line_error(err, "diffusion_pytorch_model.safetensors")
+    no_artefacts(tmp_path, "onnx")
+
+
+def test_failure_mid_export_leaves_nothing(model_dir, tmp_path, capsys, monkeypatch):
+    import dreamlite.export.onnx as mod
+
+    def fail(*_args, **_kw):
+        raise PermissionError("disk went read-only")
+
+    monkeypatch.setattr(mod, "export_text_encoder", fail)  # after the U-Net and VAE files are written
+    code, _, err = run(["export", "onnx", "--model", model_dir, "--out", tmp_path / "new" / "deeper" / "onnx"],
+                       capsys)
+    assert code == 2
+    one_line_error(err, "disk went read-only")
+    assert list(tmp_path.iterdir()) == []  # neither the staging folder nor the parents made for it remain
+
+
+def test_bad_arguments_are_one_line_errors(model_dir, exported, tmp_path, capsys):
+    cases = [
+        (["export", "coreml", "--model", model_dir, "--out", tmp_path / "x"], "unknown export backend 'coreml'"),
+        (["export", "onnx", "--model", model_dir, "--out", exported], "refusing to overwrite"),
+        (["export", "onnx", "--model", model_dir, "--out", tmp_path / "x", "--resolution", "30"], "multiple of"),
+        (["export", "onnx", "--model", model_dir, "--out", tmp_path / "x", "--resolution", "big"], "WxH"),
+        (["generate", "a", "-o", tmp_path / "a.png", "--model", exported, "--backend", "tflite"],
+         "unknown backend 'tflite'"),
+        (["generate", "a", "-o", tmp_path / "a.png", "--backend", "onnx"], "needs --model"),
+        (["generate", "a", "-o", tmp_path / "a.png", "--model", model_dir, "--backend", "onnx"], MANIFEST_NAME),
+        (["generate", "a", "-o", tmp_path / "a.png", "--model", exported, "--backend", "onnx", "--variant",
+          "mobile"], "holds the 'base' U-Net"),
+        (["eval", "imgedit", "--model", exported, "--backend", "nope", "--outdir", tmp_path / "e"], "unknown backend"),
+    ]
+    for args, needle in cases:
+        code, _, err = run(args, capsys)
+        assert code == 2, (args, err)
+        one_line_error(err, needle)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "a.png").exists()
+
+
+def test_missing_shipped_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    import dreamlite.paths
+
+    monkeypatch.setattr(dreamlite.paths, "SHIPPED_MODEL", tmp_path / "missing")  # as on a checkout without it
+    code, _, err = run(["export", "onnx", "--out", tmp_path / "x"], capsys)
+    assert code == 2
+    one_line_error(err, "shipped model", "--model")
+    no_artefacts(tmp_path, "x")
