@@ -90,12 +90,13 @@ class _VAEDecoderGraph(nn.Module):
 
 
 class _MiniLMGraph(nn.Module):
-    """BERT token states with position ids and the padding bias built from the inputs' own shapes.
+    """BERT token states with position ids and the padding bias built here from the inputs' own shapes.
 
-    ``BertModel.forward`` cannot be traced as is: it slices position ids by a Python int and builds its mask
-    through branches on the mask's values, so a trace would freeze the example's length and padding. Calling
-    the embeddings and the encoder with an explicit additive bias computes the same numbers (masked keys get
-    zero attention weight either way) with every shape taken from the inputs.
+    ``BertModel.forward`` (transformers 5.24) also traces correctly, but its mask comes from transformers'
+    masking utilities, which branch on tensor values while tracing (a TracerWarning) and change between
+    releases. Building the additive bias here keeps the graph's padding rule explicit and independent of
+    those code paths (masked keys get zero attention weight either way), and drops the always-zero
+    ``token_type_ids`` input.
     """
 
     def __init__(self, model: nn.Module):
