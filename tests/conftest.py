@@ -16,3 +16,13 @@ OFFICIAL = SHARED / "reference" / "official_unet"
 def official_dir() -> Path:
     assert OFFICIAL.is_dir(), f"reference data missing at {OFFICIAL}"
     return OFFICIAL
+
+
+@pytest.fixture(autouse=True)
+def _autograd_stays_enabled():
+    """A library call that leaves autograd disabled breaks every later training test (and users' code): fail at
+    the test that did it, not at an innocent one."""
+    import torch
+
+    yield
+    assert torch.is_grad_enabled(), "this test (or the code it calls) left autograd disabled"

@@ -25,7 +25,8 @@ def run_cases(model, vectors):
         args = [vectors[f"{case}.{k}"] for k in
                 ("sample", "timestep", "encoder_hidden_states", "encoder_attention_mask", "time_ids")]
         with torch.no_grad():
-            yield case, model(*args), vectors[f"{case}.out"]
+            out = model(*args)
+        yield case, out, vectors[f"{case}.out"]  # outside no_grad: a suspended generator must not hold it
 
 
 def test_converted_tiny_official_reproduces_reference(tmp_path, official_folder, official_dir):
