@@ -117,3 +117,16 @@ def test_bad_arguments(pipe):
         pipe("x", height=30, progress=False)
     with pytest.raises(ValueError, match="non-empty list"):
         pipe([], progress=False)
+
+
+def test_float16_storage_halves_the_unet_file_and_loads_back_as_float32(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "fp32")
+    pipe.save_pretrained(tmp_path / "fp16", weights_dtype=torch.float16)
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    size32, size16 = ((tmp_path / d / weights).stat().st_size for d in ("fp32", "fp16"))
+    assert 0.45 < size16 / size32 < 0.55
+    loaded = DreamLitePipeline.from_pretrained(tmp_path / "fp16", text_encoder=pipe.text_encoder)
+    for k, v in pipe.unet.state_dict().items():
+        w = loaded.unet.state_dict()[k]
+        assert w.dtype == torch.float32
+        torch.testing.assert_close(w, v.half().float(), rtol=0, atol=0)

@@ -31,6 +31,7 @@ import torch
 from diffusers import AutoencoderTiny, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
+from safetensors.torch import save_file
 
 from dreamlite.imageio import ImageError, load_image, pil_to_tensor, tensor_to_uint8, to_rgb
 from dreamlite.models.text import TextEncoder, load_text_encoder
@@ -111,15 +112,17 @@ class DreamLitePipeline(DiffusionPipeline):
         self.extra_unets = dict(extra_unets or {})
 
     # ------------------------------------------------------------------------------------------ folders
-    def save_pretrained(self, save_directory: str | Path, **_: Any) -> Path:
-        """Write the whole folder atomically (temp folder, then rename)."""
+    def save_pretrained(self, save_directory: str | Path, weights_dtype: torch.dtype | None = None,
+                        **_: Any) -> Path:
+        """Write the whole folder atomically (temp folder, then rename). ``weights_dtype`` (e.g. float16) stores
+        the U-Net weights in that dtype to halve the folder; ``from_pretrained`` loads them back as float32."""
         dst = Path(save_directory)
         if dst.exists() and any(dst.iterdir()):
             raise FileExistsError(f"{dst} exists and is not empty; refusing to overwrite")
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
         try:
-            self._write(tmp)
+            self._write(tmp, weights_dtype)
             if dst.exists():
                 dst.rmdir()
             tmp.rename(dst)
@@ -128,12 +131,17 @@ class DreamLitePipeline(DiffusionPipeline):
             raise
         return dst
 
-    def _write(self, root: Path) -> None:
+    def _write(self, root: Path, weights_dtype: torch.dtype | None = None) -> None:
         unets = {self.defaults.variants[self.variant].unet_folder: self.unet}
         for name, unet in self.extra_unets.items():
             unets[self.defaults.variants[name].unet_folder] = unet
         for folder, unet in unets.items():
-            unet.save_pretrained(root / folder, safe_serialization=True)
+            if weights_dtype is None:
+                unet.save_pretrained(root / folder, safe_serialization=True)
+            else:
+                unet.save_config(root / folder)
+                save_file({k: v.to(weights_dtype).contiguous() for k, v in unet.state_dict().items()},
+                          str(root / folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
         self.vae.save_pretrained(root / "vae", safe_serialization=True)
         self.scheduler.save_pretrained(root / "scheduler")
         (root / "text_encoder").mkdir()

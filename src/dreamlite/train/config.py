@@ -76,6 +76,11 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     checkpoint_every: int = 500
+    model_dtype: str = "float32"  # storage dtype of the final model's U-Net weights (loaded back as float32)
+
+    def __post_init__(self) -> None:
+        if self.model_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"model_dtype must be float32, float16 or bfloat16, got {self.model_dtype!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

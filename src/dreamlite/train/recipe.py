@@ -146,7 +146,8 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, evalua
     model_dir = run_dir / "model"
     if components is None and accelerator.is_main_process and not model_dir.exists():
         from dreamlite.train.evaluate import make_pipeline
-        make_pipeline(_ema_unet(accelerator.unwrap_model(unet), ema), vae, encoder, recipe).save_pretrained(model_dir)
+        make_pipeline(_ema_unet(accelerator.unwrap_model(unet), ema), vae, encoder, recipe).save_pretrained(
+            model_dir, weights_dtype=getattr(torch, recipe.model_dtype))
     accelerator.wait_for_everyone()
     return model_dir
 

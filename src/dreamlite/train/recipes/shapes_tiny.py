@@ -34,6 +34,7 @@ SHAPES_TINY = Recipe(
     corpus=CorpusConfig(n_t2i=60_000, n_edit=60_000, n_sft=20_000, image_size=64),
     eval=EvalConfig(geneval_limit=120, imgedit_limit=80, steps=20),
     checkpoint_every=250,
+    model_dtype="float16",  # the shipped folder stays under 20 MB; weights load back as float32
 )
 
 # A minutes-long smoke run of the same code path (CI-sized numbers).
