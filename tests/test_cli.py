@@ -53,6 +53,17 @@ def test_generate_and_edit_write_images(model_dir, tmp_path, capsys):
     code, _, err = run(["edit", str(src), "make it red", "-o", str(edited), "--model", str(model_dir)], capsys)
     assert code == 0, err
     assert Image.open(edited).size == (40, 24)
+    code, _, err = run(["generate", "a red circle", "-o", str(out), "--model", str(model_dir), "--width", "48"],
+                       capsys)
+    assert code == 0, err
+    assert Image.open(out).size == (48, 32)
+    code, _, err = run(["edit", str(src), "make it red", "-o", str(edited), "--model", str(model_dir),
+                        "--buckets", "v765"], capsys)
+    assert code == 0, err
+    assert Image.open(edited).size == (40, 24)  # ran at the nearest bucket, resized back to the source
+    code, _, err = run(["edit", str(src), "make it red", "-o", str(tmp_path / "x.png"), "--model", str(model_dir),
+                        "--buckets", "v99"], capsys)
+    assert code == 2 and "unknown bucket table 'v99'" in err and not (tmp_path / "x.png").exists()
 
 
 def _png_header_only(path, width, height):
@@ -81,6 +92,8 @@ def test_bad_source_images(case, message, model_dir, tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--steps", "0"], "--steps must be a positive integer"),
     (["--guidance", "-1"], "--guidance must be >= 0"),
+    (["--width", "40"], "multiples of 16"),
+    (["--int8"], "--int8 selects the quantised files of an ONNX export"),
 ])
 def test_bad_sampling_arguments(extra, message, model_dir, tmp_path, capsys):
     out = tmp_path / "o.png"

@@ -130,3 +130,64 @@ def test_float16_storage_halves_the_unet_file_and_loads_back_as_float32(pipe, tm
         w = loaded.unet.state_dict()[k]
         assert w.dtype == torch.float32
         torch.testing.assert_close(w, v.half().float(), rtol=0, atol=0)
+
+
+def _src(w: int, h: int, seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def test_edit_runs_at_the_nearest_aspect_bucket_and_returns_the_source_size(pipe, monkeypatch):
+    spy = Spy(pipe.unet)
+    monkeypatch.setattr(pipe, "unet", spy, raising=False)
+    kw = dict(num_inference_steps=1, guidance_scale=1.0, image_guidance_scale=1.0, progress=False)
+    f = 2 ** (len(pipe.vae.config.encoder_block_out_channels) - 1)
+    wide = _src(100, 50, 0)  # 2:1
+    # default "square" (the official default): every edit at the model's resolution
+    out = pipe("make it red", image=wide, **kw).images[0]
+    assert spy.calls[-1][0].shape[-2:] == (32 // f, 2 * 32 // f) and out.size == (100, 50)
+    # the paper's table, scaled to a 32-px model (multiples of 16 px): 1248x832 -> 48x32 is the nearest to 2:1
+    assert pipe.canvas_sizes([wide], 1, None, None, "v54") == [(48, 32)]
+    out = pipe("make it red", image=wide, buckets="v54", **kw).images[0]
+    assert spy.calls[-1][0].shape[-2:] == (32 // f, 2 * 48 // f) and out.size == (100, 50)
+    # an explicit size wins over buckets
+    assert pipe.canvas_sizes([wide], 1, 32, 32, "v54") == [(32, 32)]
+
+
+def test_mixed_aspect_edits_run_in_groups_and_keep_their_order(pipe):
+    kw = dict(num_inference_steps=2, guidance_scale=2.0, image_guidance_scale=1.5, progress=False,
+              buckets=[(64, 32), (32, 32)])
+    sources = [_src(90, 44, 1), _src(40, 40, 2), _src(60, 30, 3)]
+    prompts = ["add a star", "remove the circle", "make it blue"]
+    gens = [torch.Generator().manual_seed(10 + i) for i in range(3)]
+    together = pipe(prompts, image=sources, generator=gens, output_type="np", **kw).images
+    assert isinstance(together, list) and [a.shape for a in together] == [(44, 90, 3), (40, 40, 3), (30, 60, 3)]
+    for i in range(3):  # each equals the same edit run alone with its own generator
+        alone = pipe(prompts[i], image=sources[i], generator=[torch.Generator().manual_seed(10 + i)],
+                     output_type="np", **kw).images[0]
+        assert np.array_equal(alone, together[i])
+    lat = pipe(prompts, image=sources, output_type="latent", generator=torch.Generator().manual_seed(0), **kw).images
+    assert [tuple(x.shape[-2:]) for x in lat] == [(8, 16), (8, 8), (8, 16)]
+
+
+def test_bucket_errors_name_the_problem(pipe):
+    src = _src(64, 32, 0)
+    with pytest.raises(ValueError, match="unknown bucket table 'nope'"):
+        pipe("x", image=src, buckets="nope", progress=False)
+    with pytest.raises(ValueError, match="not multiples of 16"):
+        pipe("x", image=src, buckets=[(40, 32)], progress=False)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        pipe("x", width=40, height=32, progress=False)
+    with pytest.raises(ValueError, match="3 generators for 2 images"):
+        pipe(["a", "b"], generator=[torch.Generator()] * 3, progress=False)
+
+
+def test_bucket_setting_round_trips_with_the_folder(pipe, tmp_path):
+    from dataclasses import replace
+    pipe.defaults = replace(pipe.defaults, buckets=((64, 32), (32, 32)))
+    try:
+        pipe.save_pretrained(tmp_path / "m")
+    finally:
+        pipe.defaults = replace(pipe.defaults, buckets="square")
+    loaded = DreamLitePipeline.from_pretrained(tmp_path / "m")
+    assert loaded.defaults.buckets == ((64, 32), (32, 32))
+    assert loaded.canvas_sizes([_src(70, 30, 0)], 1, None, None) == [(64, 32)]

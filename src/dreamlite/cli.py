@@ -63,7 +63,9 @@ def _load_pipeline(args: argparse.Namespace):
         from dreamlite.export.onnx import load_onnx_pipeline
         if not args.model:
             raise UserError("--backend onnx needs --model DIR, a folder written by `dreamlite export onnx`")
-        return load_onnx_pipeline(args.model, variant=args.variant)
+        return load_onnx_pipeline(args.model, variant=args.variant, int8=getattr(args, "int8", False))
+    if getattr(args, "int8", False):
+        raise UserError("--int8 selects the quantised files of an ONNX export; use it with --backend onnx")
     model = Path(args.model) if args.model else default_model()
     return DreamLitePipeline.from_pretrained(model, variant=args.variant)
 
@@ -94,7 +96,8 @@ def _run_sampling(args: argparse.Namespace, image=None) -> None:
         image = load_image(image)  # fails early with a clear message, before any model is loaded
     pipe = _load_pipeline(args)
     result = pipe(args.prompt, image=image, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                  image_guidance_scale=getattr(args, "image_guidance", None),
+                  image_guidance_scale=getattr(args, "image_guidance", None), width=args.width,
+                  height=args.height, buckets=getattr(args, "buckets", None),
                   generator=torch.Generator().manual_seed(args.seed))
     print(f"wrote {save_image(result.images[0], args.output)}")
 
@@ -261,8 +264,14 @@ def _add_sampling_args(p: argparse.ArgumentParser, edit: bool) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, help="text guidance scale (1 = off)")
     p.add_argument("--backend", default="torch", help="torch (a model folder) or onnx (an exported folder)")
+    p.add_argument("--int8", action="store_true", help="with --backend onnx: run the int8 U-Net and text encoder")
+    p.add_argument("--width", type=int, help="output width in px (default: the model's resolution"
+                                             + (", or for edits the source's aspect bucket)" if edit else ")"))
+    p.add_argument("--height", type=int, help="output height in px (default: as --width)")
     if edit:
         p.add_argument("--image-guidance", type=float, help="image guidance scale (1 = off)")
+        p.add_argument("--buckets", help="edit-size buckets: square (the model's resolution), v54 or v765 (the "
+                                         "paper's aspect tables, nearest to the source; default: the model's)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,16 +56,22 @@ class PipelineDefaults:
     resolution: tuple[int, int] = (1024, 1024)  # (width, height) the model was trained at
     default_variant: str = "base"
     variants: dict[str, VariantDefaults] = field(default_factory=lambda: {"base": VariantDefaults()})
+    # edit-size buckets (dreamlite.data.buckets table name or (w, h) pairs); "square" edits at ``resolution``,
+    # the official default (PIPELINE.md Sec. 8); "v54" / "v765" pick the nearest aspect ratio.
+    buckets: str | tuple[tuple[int, int], ...] = "square"
 
     def to_dict(self) -> dict[str, Any]:
         return {"resolution": list(self.resolution), "default_variant": self.default_variant,
-                "variants": {k: asdict(v) for k, v in self.variants.items()}}
+                "variants": {k: asdict(v) for k, v in self.variants.items()},
+                "buckets": self.buckets if isinstance(self.buckets, str) else [list(b) for b in self.buckets]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PipelineDefaults":
         variants = {k: VariantDefaults(**v) for k, v in d.get("variants", {}).items()}
+        buckets = d.get("buckets", "square")
         return cls(resolution=tuple(d.get("resolution", (1024, 1024))),
-                   default_variant=d.get("default_variant", "base"), variants=variants or {"base": VariantDefaults()})
+                   default_variant=d.get("default_variant", "base"), variants=variants or {"base": VariantDefaults()},
+                   buckets=buckets if isinstance(buckets, str) else tuple(tuple(int(v) for v in b) for b in buckets))
 
 
 def vae_scale_factor(vae: AutoencoderTiny) -> int:
@@ -214,7 +220,14 @@ class DreamLitePipeline(DiffusionPipeline):
                  image_guidance_scale: float | None = None, num_images_per_prompt: int = 1,
                  generator: torch.Generator | list[torch.Generator] | None = None, height: int | None = None,
                  width: int | None = None, output_type: str = "pil", return_dict: bool = True,
-                 progress: bool = True, resize_to_source: bool = True):
+                 progress: bool = True, resize_to_source: bool = True,
+                 buckets: str | Sequence[Sequence[int]] | None = None):
+        """Generate (no ``image``) or edit. Sizes: generation runs at (``width``, ``height``), default the model's
+        resolution. An edit without an explicit size runs at the resolution bucket whose aspect ratio is closest
+        to its source's (``buckets``: a table name of ``dreamlite.data.buckets``, or (w, h) pairs; default the
+        model's, ``"square"`` = always the model's resolution, as the official default); the source is resized
+        to it (LANCZOS) and the result is resized back to the source size. Edits of different buckets in one
+        call run as separate groups, in order; their outputs are then a list rather than one stacked array."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompt must be a string or a non-empty list of strings")
@@ -226,15 +239,54 @@ class DreamLitePipeline(DiffusionPipeline):
         steps = s.num_inference_steps if num_inference_steps is None else num_inference_steps
         guidance = Guidance(s.guidance_scale if guidance_scale is None else guidance_scale,
                             s.image_guidance_scale if image_guidance_scale is None else image_guidance_scale)
-        width = width or self.defaults.resolution[0]
-        height = height or self.defaults.resolution[1]
-        f = vae_scale_factor(self.vae)
-        if width % f or height % f or width <= 0 or height <= 0:
-            raise ValueError(f"width and height must be positive multiples of {f}, got {width}x{height}")
+        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(negatives) != len(prompts):
+            raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts")
         sources = None if image is None else _as_images(image, len(prompts))
-        negatives = None if guidance.off else (
-            [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt))
-        text, mask, neg, neg_mask = self.encode_text(prompts, sources, negatives)
+        n = num_images_per_prompt
+        if isinstance(generator, list) and len(generator) != len(prompts) * n:
+            raise ValueError(f"got {len(generator)} generators for {len(prompts) * n} images")
+        sizes = self.canvas_sizes(sources, len(prompts), width, height, buckets)
+        results: list[Any] = [None] * len(prompts)
+        for size in dict.fromkeys(sizes):  # one denoising run per size, in order of first appearance
+            idx = [i for i, sz in enumerate(sizes) if sz == size]
+            gens = [generator[i * n + j] for i in idx for j in range(n)] if isinstance(generator, list) else generator
+            latents = self._denoise([prompts[i] for i in idx], None if sources is None else [sources[i] for i in idx],
+                                    [negatives[i] for i in idx], size, steps, guidance, n, gens, progress)
+            out = latents if output_type == "latent" else self._to_images(
+                latents, None if sources is None or not resize_to_source else [sources[i] for i in idx], n)
+            for k, i in enumerate(idx):
+                results[i] = out[k * n:(k + 1) * n]
+        flat = [img for group in results for img in group]
+        if output_type == "pil":
+            images: Any = [Image.fromarray(a) for a in flat]
+        elif len({tuple(x.shape) for x in flat}) == 1:
+            images = torch.stack(flat) if output_type == "latent" else np.stack(flat)
+        else:
+            images = flat
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def canvas_sizes(self, sources: list[Image.Image] | None, n: int, width: int | None, height: int | None,
+                     buckets: str | Sequence[Sequence[int]] | None = None) -> list[tuple[int, int]]:
+        """The (width, height) each of ``n`` requests runs at (see ``__call__``), checked against the network."""
+        from dreamlite.data.buckets import buckets_for, nearest_bucket, required_multiple
+
+        multiple = required_multiple(self.vae, self.unet)
+        if sources is None or width is not None or height is not None:
+            size = (width or self.defaults.resolution[0], height or self.defaults.resolution[1])
+            if size[0] <= 0 or size[1] <= 0 or size[0] % multiple or size[1] % multiple:
+                raise ValueError(f"width and height must be positive multiples of {multiple} px for this model "
+                                 f"(VAE factor x U-Net downsampling), got {size[0]}x{size[1]}")
+            return [size] * n
+        table = buckets_for(self.defaults.buckets if buckets is None else buckets, self.defaults.resolution, multiple)
+        return [nearest_bucket(*img.size, table) for img in sources]
+
+    def _denoise(self, prompts: list[str], sources: list[Image.Image] | None, negatives: list[str],
+                 size: tuple[int, int], steps: int, guidance: Guidance, n: int, generator,
+                 progress: bool) -> torch.Tensor:
+        width, height = size
+        f = vae_scale_factor(self.vae)
+        text, mask, neg, neg_mask = self.encode_text(prompts, sources, None if guidance.off else negatives)
         device, dtype = self.unet.device, self.unet.dtype
         B = len(prompts)
         cond = Conditions(
@@ -243,18 +295,19 @@ class DreamLitePipeline(DiffusionPipeline):
             source=None if sources is None else self.encode_images(sources, width, height).to(dtype),
             uncond_text=None if neg is None else neg.to(device, dtype),
             uncond_mask=None if neg_mask is None else neg_mask.to(device),
-        ).repeat(num_images_per_prompt)
-        noise = self.initial_noise(B * num_images_per_prompt, height // f, width // f, generator)
+        ).repeat(n)
+        noise = self.initial_noise(B * n, height // f, width // f, generator)
         sigmas = make_sigmas(steps, height // f, width // f, self.scheduler)
-        latents = sample(self.unet, noise.to(device, dtype), sigmas, cond, guidance, progress=progress)
-        if output_type == "latent":
-            images: Any = latents
-        else:
-            arr = self.decode_latents(latents)
-            if sources is not None and resize_to_source:  # as the official scripts: back to the source size
-                arr = self._resize_back(arr, [img.size for img in sources for _ in range(num_images_per_prompt)])
-            images = arr if output_type == "np" else [Image.fromarray(a) for a in arr]
-        return ImagePipelineOutput(images=images) if return_dict else (images,)
+        return sample(self.unet, noise.to(device, dtype), sigmas, cond, guidance, progress=progress)
+
+    def _to_images(self, latents: torch.Tensor, sources: list[Image.Image] | None, n: int) -> list[np.ndarray]:
+        """Decoded uint8 images; edits are resized back to their source's size (as the official scripts)."""
+        arr = list(self.decode_latents(latents))
+        if sources is None:
+            return arr
+        sizes = [img.size for img in sources for _ in range(n)]
+        return [a if a.shape[1::-1] == size else np.asarray(Image.fromarray(a).resize(size, Image.LANCZOS))
+                for a, size in zip(arr, sizes)]
 
     def initial_noise(self, n: int, h: int, w: int, generator) -> torch.Tensor:
         """N(0, I) target noise drawn on the CPU (reproducible across devices, as the official scripts)."""
@@ -264,12 +317,6 @@ class DreamLitePipeline(DiffusionPipeline):
                 raise ValueError(f"got {len(generator)} generators for {n} images")
             return torch.cat([torch.randn(1, C, h, w, generator=g) for g in generator])
         return torch.randn(n, C, h, w, generator=generator)
-
-    @staticmethod
-    def _resize_back(arr: np.ndarray, sizes: list[tuple[int, int]]):
-        out = [np.asarray(Image.fromarray(a).resize(size, Image.LANCZOS)) if a.shape[1::-1] != size else a
-               for a, size in zip(arr, sizes)]
-        return out if len({o.shape for o in out}) > 1 else np.stack(out)
 
 
 def _load_unet(folder: Path) -> MobileUNet:

@@ -208,6 +208,12 @@ def test_cli_backend_onnx_images_match_pytorch(model_dir, exported, tmp_path, ca
     assert gen >= 40 and edit >= 40
     assert control < 30  # the metric does see a different image
     assert images["onnx", "edit"].shape == (24, 40, 3)  # resized back to the source, as the torch path
+    out = tmp_path / "int8.png"
+    code, _, err = run(["generate", "a green square", "-o", out, "--model", exported, "--backend", "onnx",
+                        "--int8", "--seed", 5], capsys)
+    assert code == 0, err
+    int8 = np.asarray(Image.open(out))
+    assert psnr(images["torch", 5], int8) > control  # the int8 graphs draw the same image, up to quantisation
 
 
 def test_eval_runs_on_the_onnx_backend(model_dir, exported, tmp_path, capsys):

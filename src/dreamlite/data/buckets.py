@@ -15,7 +15,7 @@ centre-cropped (``fit_to_bucket``), so one batch of a single bucket stacks into 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from PIL import Image, ImageOps
@@ -70,6 +70,22 @@ def check_multiple(buckets: Sequence[Bucket], multiple: int) -> None:
     if bad:
         raise ValueError(f"buckets {bad} are not multiples of {multiple} px, which the VAE and U-Net need; "
                          f"use bucket_multiple={multiple} or a larger scale")
+
+
+def required_multiple(vae: Any, unet: Any) -> int:
+    """Pixels a bucket side must be a multiple of: the VAE's factor x the U-Net's total downsampling."""
+    from dreamlite.models.vae import downsample_factor
+    return downsample_factor(vae) * 2 ** (len(unet.config.block_out_channels) - 1)
+
+
+def buckets_for(table: str | Sequence[Sequence[int]], resolution: Bucket, multiple: int) -> tuple[Bucket, ...]:
+    """The buckets of ``table`` scaled to a model trained at ``resolution`` (w, h): tables are ~1024-px class,
+    so the scale is sqrt(w * h) / 1024. Explicit ``(w, h)`` pairs are used as given (checked, not scaled)."""
+    if isinstance(table, str):
+        return make_buckets(table, math.sqrt(resolution[0] * resolution[1]) / 1024, multiple)
+    buckets = make_buckets(table, 1.0, 1)
+    check_multiple(buckets, multiple)
+    return buckets
 
 
 def nearest_bucket(width: int, height: int, buckets: Sequence[Bucket]) -> Bucket:

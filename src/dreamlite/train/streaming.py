@@ -36,7 +36,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from dreamlite.data.buckets import Bucket, bucket_index, bucket_indices, check_multiple, fit_to_bucket, make_buckets
+from dreamlite.data.buckets import (Bucket, bucket_index, bucket_indices, check_multiple, fit_to_bucket, make_buckets,
+                                    required_multiple)
 from dreamlite.data.sources import DataConfig, ImageRef, IndexedSource, RawSample, ShardSource, SkipLog, open_source
 from dreamlite.flow import sample_t_logit_normal
 from dreamlite.imageio import ImageError, pil_to_tensor
@@ -329,12 +330,6 @@ def resolve_vae(recipe: Recipe, value: str | None) -> Any:
         raise ValueError(f"recipe {recipe.name!r} trains on real data and needs a VAE: pass --vae PATH "
                          "(a TAESDXL-style AutoencoderTiny folder) or set DREAMLITE_VAE")
     return load_vae(value)
-
-
-def required_multiple(vae: Any, unet: Any) -> int:
-    """Pixels a bucket side must be a multiple of: VAE factor x the U-Net's downsampling."""
-    from dreamlite.models.vae import downsample_factor
-    return downsample_factor(vae) * 2 ** (len(unet.config.block_out_channels) - 1)
 
 
 def open_real_data(recipe: Recipe, data_config: DataConfig | str | Path, multiple: int) -> RealData:
