@@ -171,7 +171,7 @@ class DreamLitePipeline(DiffusionPipeline):
         variant = variant or defaults.default_variant
         if variant not in defaults.variants:
             raise ValueError(f"model {root} has no variant {variant!r}; it has {sorted(defaults.variants)}")
-        unet = _load_unet(root / defaults.variants[variant].unet_folder)
+        unet = load_unet(root / defaults.variants[variant].unet_folder)
         vae_dir = root / "vae"
         if not (vae_dir / "config.json").is_file():
             raise FileNotFoundError(f"{root} has no vae/config.json")
@@ -319,7 +319,7 @@ class DreamLitePipeline(DiffusionPipeline):
         return torch.randn(n, C, h, w, generator=generator)
 
 
-def _load_unet(folder: Path) -> MobileUNet:
+def load_unet(folder: Path) -> MobileUNet:
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"U-Net folder {folder} has no config.json")

@@ -32,6 +32,7 @@ class StageConfig:
     lr: float
     batch_size: int
     warmup_steps: int = 50
+    min_lr_ratio: float = 1.0  # after warm-up, cosine decay to lr * min_lr_ratio at the stage's end; 1 = constant
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
@@ -72,6 +73,8 @@ class Recipe:
     vae: VAEConfig = field(default_factory=VAEConfig)
     vae_steps: int = 3000
     vae_path: str | None = None  # reuse a trained VAE instead of training one
+    # fine-tune: start the U-Net from this pipeline folder's weights (its config must equal the recipe's network)
+    init_from: str | None = None
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0

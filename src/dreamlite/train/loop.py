@@ -102,8 +102,18 @@ class BatchSampler:
         return batch
 
 
-def lr_lambda(warmup: int) -> Callable[[int], float]:
-    return lambda step: min(1.0, (step + 1) / max(1, warmup))
+def lr_lambda(warmup: int, steps: int | None = None, min_ratio: float = 1.0) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up over ``warmup`` steps, then constant (``min_ratio`` 1) or a cosine decay
+    that reaches ``min_ratio`` at step ``steps`` (annealing at the end of a short CPU stage lowers its loss)."""
+    import math
+
+    def f(step: int) -> float:
+        if step < warmup or min_ratio >= 1.0 or steps is None:
+            return min(1.0, (step + 1) / max(1, warmup))
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -182,7 +192,8 @@ def train_stage(accelerator: Accelerator, unet, ema: EMA, make_sampler: Callable
     """
     model = accelerator.unwrap_model(unet)
     optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(stage.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(stage.warmup_steps, stage.steps,
+                                                                       stage.min_lr_ratio))
     generator = torch.Generator().manual_seed(seed * 1_000_003 + state.stage_index * 10_007 + accelerator.process_index)
     if resume_from is not None:
         state = load_checkpoint(resume_from, accelerator, unet, ema, optimizer, scheduler, generator)

@@ -84,6 +84,24 @@ def build_unet(recipe: Recipe, vae) -> MobileUNet:
                                                         "out_channels": channels}))
 
 
+def init_weights(unet: MobileUNet, folder: Path) -> None:
+    """Load a pipeline folder's (or a bare U-Net folder's) weights into ``unet`` for fine-tuning; the saved config
+    must describe the same network, so a mismatch is an error naming the differing fields, not a partial load."""
+    from dreamlite.pipeline import load_unet
+
+    unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+    if not (unet_dir / "config.json").is_file():
+        raise FileNotFoundError(f"init_from {folder}: no unet/config.json (expected a model folder such as "
+                                f"runs/<recipe>/model)")
+    base = load_unet(unet_dir)  # the pipeline's loader: float16 storage and official folders included
+    norm = lambda cfg: json.loads(json.dumps({k: v for k, v in dict(cfg).items() if not k.startswith("_")}))  # noqa: E731
+    mine, theirs = norm(unet.config), norm(base.config)  # JSON-normalised: tuples and lists compare equal
+    diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if diff:
+        raise ValueError(f"init_from {folder}: its U-Net differs from the recipe's in {diff}")
+    unet.load_state_dict({k: v.float() for k, v in base.state_dict().items()})
+
+
 @dataclass
 class Components:
     """Pre-built frozen parts (tests, or a caller that already has them): skips the VAE/corpus stages."""
@@ -114,6 +132,8 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, evalua
         vae, encoder, pools = components.vae, components.encoder, components.pools
     uncond = tuple(t.cpu() for t in encoder.encode([""], unconditional=True))
     unet = build_unet(recipe, vae)
+    if recipe.init_from and ckpt is None:
+        init_weights(unet, Path(recipe.init_from))
     ema = EMA(unet, recipe.stages[0].ema_decay)
     state = LoopState()
     if ckpt is not None:  # weights and EMA now; optimizer/schedule/RNG inside the stage that was cut

@@ -37,6 +37,30 @@ SHAPES_TINY = Recipe(
     model_dtype="float16",  # the shipped folder stays under 20 MB; weights load back as float32
 )
 
+# Fine-tuning on top of a finished shapes-tiny run (`dreamlite train --recipe shapes-tiny-plus` after
+# `dreamlite train --recipe shapes-tiny`): more joint training, weighted towards the tags and edit types the base
+# scores worst on (runs/shapes-tiny/stages.md: position, colour attribution, two objects, counting; add, replace,
+# move, count), then SFT again; both stages anneal their LR (cosine to 10 %). Same network, VAE and corpus.
+JOINT_HARD = DataMix(t2i=0.5, edit=0.5,
+                     tag_weights={"position": 2.0, "color_attr": 2.0, "two_object": 1.5, "counting": 1.5},
+                     edit_weights={"add": 1.5, "replace": 1.5, "move": 2.0, "count": 2.0})
+SHAPES_TINY_PLUS = Recipe(
+    name="shapes-tiny-plus",
+    preset="tiny",
+    stages=(
+        StageConfig("joint-2", JOINT_HARD, steps=3600, lr=4e-4, batch_size=128, warmup_steps=100,
+                    min_lr_ratio=0.1),
+        StageConfig("sft-2", SFT, steps=600, lr=1.5e-4, batch_size=128, warmup_steps=20, min_lr_ratio=0.1),
+    ),
+    init_from="runs/shapes-tiny/model",
+    vae_path="runs/shapes-tiny/vae",
+    vae=SHAPES_VAE,
+    corpus=SHAPES_TINY.corpus,
+    eval=SHAPES_TINY.eval,
+    checkpoint_every=250,
+    model_dtype="float16",
+)
+
 # A minutes-long smoke run of the same code path (CI-sized numbers).
 QUICK = Recipe(
     name="shapes-tiny-quick",
@@ -56,7 +80,7 @@ QUICK = Recipe(
     checkpoint_every=3,
 )
 
-RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-quick": QUICK}
+RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "shapes-tiny-quick": QUICK}
 
 
 def ablation(arm: str, total_steps: int = 1500, batch_size: int = 128) -> Recipe:

@@ -1,0 +1,75 @@
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from dreamlite import MobileUNet
+from dreamlite.presets import preset_config
+from dreamlite.train.config import DataMix, StageConfig
+from dreamlite.train.loop import latest_checkpoint, lr_lambda
+from dreamlite.train.recipe import Components, init_weights, run_recipe
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic_run import UNET, FakeEncoder, make_pool, recipe  # noqa: E402
+
+
+def _unet(**overrides) -> MobileUNet:
+    torch.manual_seed(0)
+    return MobileUNet(**preset_config("tiny", **{**UNET, "in_channels": 4, "out_channels": 4, **overrides}))
+
+
+def test_lr_lambda_warmup_constant_and_cosine():
+    const = lr_lambda(10)
+    assert [round(const(s), 6) for s in (0, 4, 9, 50, 10_000)] == [0.1, 0.5, 1.0, 1.0, 1.0]
+    cos = lr_lambda(10, 110, min_ratio=0.1)
+    assert cos(4) == pytest.approx(0.5) and cos(10) == pytest.approx(1.0)
+    assert cos(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))  # half-way: 0.55
+    assert cos(110) == pytest.approx(0.1) and cos(500) == pytest.approx(0.1)
+    values = [cos(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone decay after warm-up
+
+
+def test_init_weights_loads_a_saved_network_including_float16_storage(tmp_path):
+    src = _unet()
+    src.save_pretrained(tmp_path / "a" / "unet")  # a pipeline-style folder (unet/ inside)
+    dst = _unet()
+    torch.nn.init.zeros_(dst.conv_in.weight)
+    init_weights(dst, tmp_path / "a")
+    assert all(torch.equal(dst.state_dict()[k], v) for k, v in src.state_dict().items())
+    half = tmp_path / "half"  # a bare U-Net folder stored in float16
+    src.save_config(half)
+    save_file({k: v.half() for k, v in src.state_dict().items()}, str(half / "diffusion_pytorch_model.safetensors"))
+    init_weights(dst, half)
+    w = dst.state_dict()["conv_in.weight"]
+    assert w.dtype == torch.float32 and torch.equal(w, src.state_dict()["conv_in.weight"].half().float())
+
+
+def test_init_weights_refuses_another_network(tmp_path):
+    _unet().save_pretrained(tmp_path / "m" / "unet")
+    with pytest.raises(ValueError, match=r"differs from the recipe's in \['ff_mult'\]"):
+        init_weights(_unet(ff_mult=2), tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="no unet/config.json"):
+        init_weights(_unet(), tmp_path / "empty")
+
+
+def test_recipe_with_init_from_starts_from_those_weights(tmp_path):
+    base = _unet()
+    with torch.no_grad():
+        base.conv_out.bias.fill_(0.25)  # a value no fresh initialisation has
+    base.save_pretrained(tmp_path / "base" / "unet")
+    stage = StageConfig("ft", DataMix(0.5, 0.5), steps=2, lr=0.0, batch_size=4, warmup_steps=1)
+    r = replace(recipe(2), stages=(stage,), init_from=str(tmp_path / "base"), checkpoint_every=2)
+    comps = Components(vae=SimpleNamespace(config=SimpleNamespace(latent_channels=4)), encoder=FakeEncoder(),
+                       pools={"t2i": make_pool("t2i", 16, 1), "edit": make_pool("edit", 16, 2)})
+    run_recipe(r, tmp_path / "run", evaluate=False, components=comps)
+    ckpt = latest_checkpoint(tmp_path / "run")
+    weights = load_file(str(ckpt / "unet" / "diffusion_pytorch_model.safetensors"))
+    ema = load_file(str(ckpt / "ema.safetensors"))
+    assert torch.equal(weights["conv_out.bias"], torch.full((4,), 0.25))  # lr 0: still the base weights
+    assert torch.equal(ema["conv_out.bias"], torch.full((4,), 0.25))
+    assert torch.equal(weights["conv_in.weight"], base.state_dict()["conv_in.weight"])
