@@ -1,7 +1,10 @@
-"""A tiny, fully deterministic training run on synthetic pools (no VAE, no renderer, no text model).
+"""A tiny, fully deterministic training run on synthetic pools (no trained VAE, no text model).
 
 Used by the kill-and-resume and DDP tests as a subprocess:
-    python tests/train/synthetic_run.py RUN_DIR [--resume] [--steps-per-stage N] [--dump FILE]
+    python tests/train/synthetic_run.py RUN_DIR [--resume] [--steps-per-stage N] [--dump FILE] [--post]
+
+``--post`` runs flow -> rl -> distill (``post_recipe``) with a tiny random VAE and a fake reward that is a
+deterministic function of the decoded images (registered as ``"fake"`` in ``rl_stage.REWARDS``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from types import SimpleNamespace
 import torch
 from safetensors.torch import save_file
 
-from dreamlite.train.config import CorpusConfig, DataMix, Recipe, StageConfig
+from dreamlite.models.vae import VAEConfig, make_vae
+from dreamlite.train.config import CorpusConfig, DataMix, DistillStageConfig, Recipe, RLStageConfig, StageConfig
+from dreamlite.train.rl import NFTConfig
 from dreamlite.train.corpus import Pool, TextBank
 from dreamlite.train.recipe import Components, run_recipe
 
@@ -47,6 +52,44 @@ def recipe(steps: int) -> Recipe:
                           StageConfig("joint", DataMix(0.5, 0.5), steps=steps, lr=5e-4, batch_size=4, warmup_steps=2)))
 
 
+TINY_VAE = VAEConfig(image_size=32, downsample=8, latent_channels=4, encoder_width=8, decoder_width=8,
+                     encoder_blocks=(0, 0, 0, 1), decoder_blocks=(1, 0, 0, 0))
+
+
+def tiny_vae():
+    torch.manual_seed(5)
+    return make_vae(TINY_VAE).eval()
+
+
+class FakeReward:
+    """Brightness of the decoded image: a deterministic function of the latents, in [0, 1]."""
+
+    name = "fake"
+
+    def __call__(self, images, prompts, metadata, sources=None):
+        return torch.tensor(images.reshape(len(images), -1).mean(1) / 255.0, dtype=torch.float32)
+
+
+def register_fake_reward() -> None:
+    from dreamlite.train.rl_stage import REWARDS
+    REWARDS["fake"] = lambda cfg: {"t2i": FakeReward(), "edit": FakeReward()}
+
+
+def post_recipe(flow_steps: int = 3, rl_iters: int = 6, round_steps: int = 2) -> Recipe:
+    """flow (t2i) -> rl (alternating t2i / edit, watch every 2 iterations) -> distill (4 -> 1 steps: 3 rounds)."""
+    rl = RLStageConfig(nft=NFTConfig(group_size=2, minibatch=2, old_decay=0.5, kl_weight=0.1), prompts_per_iter=2,
+                       reward="fake", sample_steps=2, watch_every=2, watch_prompts=2)
+    distill = DistillStageConfig(start_steps=4, final_steps=1, guidance_scale=2.0, image_guidance_scale=1.5)
+    return Recipe(name="synthetic-post", preset="tiny", unet_overrides=UNET, checkpoint_every=3, vae=TINY_VAE,
+                  corpus=CorpusConfig(image_size=32),
+                  stages=(StageConfig("t2i", DataMix(1.0, 0.0), steps=flow_steps, lr=1e-3, batch_size=4,
+                                      warmup_steps=2),
+                          StageConfig("rl", DataMix(0.5, 0.5), steps=rl_iters, lr=1e-4, batch_size=4, warmup_steps=1,
+                                      ema_decay=0.5, kind="rl", rl=rl),
+                          StageConfig("distill", DataMix(0.5, 0.5), steps=round_steps, lr=1e-4, batch_size=4,
+                                      warmup_steps=1, ema_decay=0.0, kind="distill", distill=distill)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
@@ -54,15 +97,20 @@ def main() -> None:
     ap.add_argument("--steps-per-stage", type=int, default=8)
     ap.add_argument("--dump", help="write this rank's final weights to FILE.rank<k>.safetensors")
     ap.add_argument("--slow", type=float, default=0.0, help="seconds to sleep per step (kill tests)")
+    ap.add_argument("--post", action="store_true", help="flow -> rl -> distill with a tiny VAE and a fake reward")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.slow:
         import time
         orig = torch.optim.AdamW.step
         torch.optim.AdamW.step = lambda self, *a, **k: (time.sleep(args.slow), orig(self, *a, **k))[1]
-    comps = Components(vae=SimpleNamespace(config=SimpleNamespace(latent_channels=4)), encoder=FakeEncoder(),
+    vae = tiny_vae() if args.post else SimpleNamespace(config=SimpleNamespace(latent_channels=4))
+    comps = Components(vae=vae, encoder=FakeEncoder(),
                        pools={"t2i": make_pool("t2i", 64, 1), "edit": make_pool("edit", 64, 2)})
-    run_recipe(recipe(args.steps_per_stage), Path(args.run_dir), resume=args.resume, evaluate=False, components=comps)
+    if args.post:
+        register_fake_reward()
+    r = post_recipe() if args.post else recipe(args.steps_per_stage)
+    run_recipe(r, Path(args.run_dir), resume=args.resume, evaluate=False, components=comps)
     if args.dump:
         from accelerate import PartialState
         from dreamlite.train.loop import latest_checkpoint

@@ -7,10 +7,16 @@ mix, steps, learning rate and batch size; the training loop is shared by all sta
 from __future__ import annotations
 
 import json
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, get_type_hints
 
 from dreamlite.models.vae import VAEConfig
+from dreamlite.train.rl import NFTConfig
+
+STAGE_KINDS = ("flow", "rl", "distill")
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,49 @@ class DataMix:
     tag_weights: dict[str, float] = field(default_factory=dict)
     edit_weights: dict[str, float] = field(default_factory=dict)
     pool: str = "main"  # which cached corpus to draw from ("main" or "sft": curated, clean compositions)
+
+
+@dataclass(frozen=True)
+class RLStageConfig:
+    """A DiffusionNFT stage (``dreamlite.train.rl_stage``): the stage's ``steps`` count RL iterations, its ``lr``,
+    ``warmup_steps`` and ``min_lr_ratio`` schedule the optimiser per iteration, and its ``mix`` weighs the tasks
+    (t2i / edit), the tags and the edit types of the RL prompt pools. Gradient clipping is ``nft.grad_clip``."""
+
+    nft: NFTConfig = field(default_factory=NFTConfig)  # group size, beta, old-policy decay, KL guard, rollout CFG
+    prompts_per_iter: int = 4  # P prompts (or edits) per iteration, K = nft.group_size rollouts each
+    reward: str = "shapes"  # a name in dreamlite.train.rl_stage.REWARDS (the Reward protocol is the plug-in point)
+    partial_weight: float = 0.0  # GenEvalReward's per-clause partial credit
+    edit_reward_mode: str = "product"  # EditReward: success x preservation, or the 1-5 score
+    sample_steps: int = 8  # Euler steps of the rollouts (and of the watch)
+    rl_seed: int = 7  # prompts of iteration i come from rl.rl_rng(rl_seed, i) (a training seed)
+    watch_every: int = 10  # reward-hacking watch every N iterations (0 = off): <run>/rl_watch.jsonl and .png
+    watch_prompts: int = 8  # size of each fixed held-out watch set (t2i, paraphrased t2i, edits, paraphrased edits)
+
+    def __post_init__(self) -> None:
+        if self.prompts_per_iter < 1 or self.sample_steps < 1 or self.watch_every < 0 or self.watch_prompts < 1:
+            raise ValueError("rl: need prompts_per_iter >= 1, sample_steps >= 1, watch_every >= 0, watch_prompts >= 1")
+
+
+@dataclass(frozen=True)
+class DistillStageConfig:
+    """Progressive distillation (``dreamlite.train.distill_stage``): round 0 folds (guidance_scale,
+    image_guidance_scale) into a ``start_steps`` student, then each round halves the steps down to
+    ``final_steps``. The stage's ``steps`` are optimiser steps *per round*; its ``mix`` draws the data latents."""
+
+    start_steps: int = 32
+    final_steps: int = 4
+    guidance_scale: float = 3.0
+    image_guidance_scale: float = 1.5
+
+    def __post_init__(self) -> None:
+        s, f = self.start_steps, self.final_steps
+        if f < 1 or s < f or s % f or not math.log2(s // f).is_integer():
+            raise ValueError(f"distill: start_steps ({s}) must be final_steps ({f}) times a power of 2")
+
+    @property
+    def rounds(self) -> int:
+        """Guidance folding plus one round per halving (32 -> 4: 1 + 3)."""
+        return 1 + int(math.log2(self.start_steps // self.final_steps))
 
 
 @dataclass(frozen=True)
@@ -41,6 +90,27 @@ class StageConfig:
     t_mean: float = 0.0  # logit-normal timestep sampling (SD3 family): t = sigmoid(N(mean, std))
     t_std: float = 1.0
     eval_every: int = 0  # 0 = evaluate only at the end of the stage
+    kind: str = "flow"  # "flow" (train.loop), "rl" (DiffusionNFT, needs ``rl``), "distill" (needs ``distill``)
+    rl: RLStageConfig | None = None
+    distill: DistillStageConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in STAGE_KINDS:
+            raise ValueError(f"stage {self.name!r}: unknown kind {self.kind!r}; known: {', '.join(STAGE_KINDS)}")
+        for kind in ("rl", "distill"):
+            has = getattr(self, kind) is not None
+            if self.kind == kind and not has:
+                raise ValueError(f"stage {self.name!r}: kind {kind!r} needs its '{kind}' config")
+            if self.kind != kind and has:
+                raise ValueError(f"stage {self.name!r}: a '{kind}' config is set but the stage's kind is "
+                                 f"{self.kind!r}")
+        if self.steps < 1:
+            raise ValueError(f"stage {self.name!r}: steps must be >= 1, got {self.steps}")
+
+    @property
+    def total_steps(self) -> int:
+        """Units of progress in the stage: optimiser steps (flow), iterations (rl), steps x rounds (distill)."""
+        return self.steps * self.distill.rounds if self.kind == "distill" else self.steps
 
 
 @dataclass(frozen=True)
@@ -84,6 +154,13 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.model_dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"model_dtype must be float32, float16 or bfloat16, got {self.model_dtype!r}")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"recipe {self.name!r}: stage names must be unique, got {names}")
+        for s in self.stages[:-1]:
+            if s.kind == "distill":
+                raise ValueError(f"recipe {self.name!r}: distill stage {s.name!r} must be the last stage (its "
+                                 "student is the mobile variant; later training would undo the distillation)")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -104,7 +181,12 @@ def _build(tp: Any, value: Any) -> Any:
         if unknown:
             raise ValueError(f"{tp.__name__}: unknown field(s) {sorted(unknown)}")
         return tp(**{k: _build(hints[k], v) for k, v in value.items()})
-    origin = getattr(tp, "__origin__", None)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        if value is None:
+            return None
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _build(options[0], value) if len(options) == 1 else value
     if origin is tuple and isinstance(value, list):
         return tuple(_build(tp.__args__[0], v) for v in value)
     return value

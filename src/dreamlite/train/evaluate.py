@@ -77,12 +77,14 @@ def evaluate_pipeline(pipe: DreamLitePipeline, outdir: Path, geneval_limit: int 
             **{f"imgedit/{t.edit_type}": t.success for t in e.types}}
 
 
-def evaluate_stage(run_dir: Path, stage: str, unet, vae, encoder, recipe: Recipe) -> dict[str, float]:
-    pipe = make_pipeline(unet, vae, encoder, recipe).to(vae.device)
+def evaluate_stage(run_dir: Path, stage: str, unet, vae, encoder, recipe: Recipe,
+                   variants: dict[str, VariantDefaults] | None = None, default_variant: str = "base") -> dict[str, float]:
+    """Score ``unet`` sampled as ``default_variant`` of ``variants`` (default: the recipe's base settings)."""
+    pipe = make_pipeline(unet, vae, encoder, recipe, variants, default_variant).to(vae.device)
     e = recipe.eval
     scores = evaluate_pipeline(pipe, run_dir / "eval" / stage, e.geneval_limit, e.imgedit_limit)
     with open(run_dir / "scores.jsonl", "a") as f:
-        f.write(json.dumps({"stage": stage, **scores}) + "\n")
+        f.write(json.dumps({"stage": stage, "variant": default_variant, **scores}) + "\n")
     write_stage_table(run_dir)
     plot_curves(run_dir)
     return scores

@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
@@ -51,8 +51,29 @@ class EMA:
 @dataclass
 class LoopState:
     stage_index: int = 0
-    step: int = 0  # steps done in the current stage
+    step: int = 0  # progress in the current stage: optimiser steps (flow, distill) or iterations (rl)
     global_step: int = 0
+    round: int = 0  # distill stages: the round the next step belongs to
+
+
+@dataclass
+class StageContext:
+    """What every stage driver (flow, rl, distill) shares: the run, the trained model and the frozen parts."""
+
+    accelerator: Accelerator
+    unet: torch.nn.Module  # as returned by accelerator.prepare
+    ema: EMA
+    vae: Any
+    encoder: Any
+    uncond: tuple[Tensor, Tensor]  # the negative prompt's (states [1, L, D], mask [1, L])
+    pools: dict[str, Pool]
+    recipe: Any  # dreamlite.train.config.Recipe
+    run_dir: Path
+
+    def generator(self, stage_index: int) -> torch.Generator:
+        """The stage's torch RNG (checkpointed): one stream per (seed, stage, rank)."""
+        return torch.Generator().manual_seed(self.recipe.seed * 1_000_003 + stage_index * 10_007
+                                             + self.accelerator.process_index)
 
 
 class BatchSampler:
@@ -126,8 +147,10 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def save_checkpoint(run_dir: Path, accelerator: Accelerator, unet, ema: EMA, optimizer, scheduler,
-                    generator: torch.Generator, state: LoopState, keep: int = 2) -> Path:
-    """Atomic: everything goes into a temp folder that is renamed only when complete."""
+                    generator: torch.Generator, state: LoopState, keep: int = 2,
+                    extra: dict[str, torch.nn.Module] | None = None) -> Path:
+    """Atomic: everything goes into a temp folder that is renamed only when complete. ``extra`` models (the RL
+    old policy, a distillation teacher) are saved as ``<name>.safetensors``, read back with ``load_extra``."""
     ckpts = run_dir / "checkpoints"
     name = f"ckpt-{state.global_step:07d}"
     tmp = ckpts / f".{name}.tmp"
@@ -146,6 +169,8 @@ def save_checkpoint(run_dir: Path, accelerator: Accelerator, unet, ema: EMA, opt
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
         (tmp / "state.json").write_text(json.dumps(asdict(state)))
+        for key, module in (extra or {}).items():
+            save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp / f"{key}.safetensors"))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = ckpts / name
@@ -170,6 +195,31 @@ def load_checkpoint(path: Path, accelerator: Accelerator, unet, ema: EMA, optimi
     rng = path / f"rng_rank{accelerator.process_index}.safetensors"
     generator.set_state(load_file(str(rng))["state"])
     return LoopState(**json.loads((path / "state.json").read_text()))
+
+
+def load_extra(path: Path, name: str, module: torch.nn.Module) -> None:
+    """Load the ``extra`` model ``name`` of checkpoint ``path`` into ``module``."""
+    module.load_state_dict(load_file(str(path / f"{name}.safetensors")))
+
+
+def frozen_weights(run_dir: Path, stage: str, name: str, module: torch.nn.Module,
+                   accelerator: Accelerator) -> dict[str, Tensor]:
+    """Weights fixed for a whole stage (the RL reference, the distillation base): written once to
+    ``<run>/stages/<stage>/<name>.safetensors`` (atomically, main process) from ``module``, read back after."""
+    path = run_dir / "stages" / stage / f"{name}.safetensors"
+    if not path.is_file() and accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+        os.replace(tmp, path)
+    accelerator.wait_for_everyone()
+    return load_file(str(path))
+
+
+def log_stage_row(run_dir: Path, accelerator: Accelerator, row: dict, filename: str = "loss.jsonl") -> None:
+    if accelerator.is_main_process:
+        with open(run_dir / filename, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------ loop

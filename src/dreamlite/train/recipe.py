@@ -1,7 +1,9 @@
-"""Run a recipe from nothing: VAE -> corpus -> stages (T2I -> edit -> joint -> SFT ...) -> model folder.
+"""Run a recipe from nothing: VAE -> corpus -> stages (T2I -> edit -> joint -> SFT ... -> RL -> distill) -> model.
 
 The paper's task-progressive schedule (Sec. 3.3) is data (``dreamlite.train.recipes``); this module only
-sequences it. After each stage the EMA model is evaluated on GenEval-Shapes and ImgEdit-Shapes subsets and a row
+sequences it, dispatching on each stage's kind: ``flow`` (``loop.train_stage``), ``rl``
+(``rl_stage.run_rl_stage``, DiffusionNFT) or ``distill`` (``distill_stage.run_distill_stage``; the model folder
+then holds the base and the mobile variant). After each stage the EMA model is evaluated on GenEval-Shapes and ImgEdit-Shapes subsets and a row
 is appended to ``<run>/stages.md``; loss and score curves are drawn to ``<run>/curves.png``. Interrupted runs
 continue with ``resume=True`` from the latest atomic checkpoint, exactly.
 """
@@ -23,7 +25,8 @@ from dreamlite.models.unet import MobileUNet
 from dreamlite.presets import preset_config
 from dreamlite.train.config import Recipe
 from dreamlite.train.corpus import Pool, build_pool, load_pool, save_pool
-from dreamlite.train.loop import EMA, BatchSampler, LoopState, latest_checkpoint, train_stage
+from dreamlite.train.config import StageConfig
+from dreamlite.train.loop import EMA, BatchSampler, LoopState, StageContext, StageResult, latest_checkpoint, train_stage
 
 
 def make_accelerator() -> Accelerator:
@@ -55,8 +58,9 @@ def prepare_vae(recipe: Recipe, run_dir: Path, accelerator: Accelerator):
 def prepare_corpus(recipe: Recipe, run_dir: Path, accelerator: Accelerator, vae, encoder) -> dict[str, Pool]:
     """Build (main process) or load the pools this recipe's stages draw from."""
     c = recipe.corpus
-    need = {("t2i", s.mix.pool) for s in recipe.stages if s.mix.t2i > 0} | \
-           {("edit", s.mix.pool) for s in recipe.stages if s.mix.edit > 0}
+    pooled = [s for s in recipe.stages if s.kind != "rl"]  # RL draws prompts, not data
+    need = {("t2i", s.mix.pool) for s in pooled if s.mix.t2i > 0} | \
+           {("edit", s.mix.pool) for s in pooled if s.mix.edit > 0}
     folder = run_dir / "corpus"
     folder.mkdir(parents=True, exist_ok=True)
     pools = {}
@@ -109,6 +113,7 @@ class Components:
     vae: Any
     encoder: Any
     pools: dict[str, Pool]
+    save_model: bool = False  # also write <run>/model (needs a real VAE and text encoder)
 
 
 def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, evaluate: bool = True,
@@ -141,19 +146,18 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, evalua
         ema.shadow = load_file(str(ckpt / "ema.safetensors"))
         state = LoopState(**json.loads((ckpt / "state.json").read_text()))
     unet = accelerator.prepare(unet)
+    ctx = StageContext(accelerator, unet, ema, vae, encoder, uncond, pools, recipe, run_dir)
     steps_left = stop_after_steps
     for index in range(state.stage_index, len(recipe.stages)):
         stage = recipe.stages[index]
         if state.stage_index != index:
             state = LoopState(stage_index=index, step=0, global_step=state.global_step)
-        if state.step < stage.steps:
-            make_sampler = partial(BatchSampler, pools, image_size=recipe.corpus.image_size)
-            result = train_stage(accelerator, unet, ema, make_sampler, stage, uncond, state, run_dir,
-                                 recipe.seed, recipe.checkpoint_every,
-                                 resume_from=ckpt if state.step > 0 else None, stop_after=steps_left)
+        if state.step < stage.total_steps:
+            result = run_stage(ctx, stage, state, resume_from=ckpt if state.step > 0 else None,
+                               stop_after=steps_left)
             ckpt = None
             state = LoopState(**json.loads((latest_checkpoint(run_dir) / "state.json").read_text()))
-            if state.step < stage.steps:
+            if state.step < stage.total_steps:
                 return run_dir  # stopped early on request (tests, time limits); resume continues here
             if steps_left is not None:
                 steps_left -= len(result.losses)
@@ -161,15 +165,46 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, evalua
                 _log_stage(run_dir, stage.name, result.seconds, result.samples_per_s)
         if evaluate and accelerator.is_main_process and not _stage_evaluated(run_dir, stage.name):
             from dreamlite.train.evaluate import evaluate_stage
-            evaluate_stage(run_dir, stage.name, _ema_unet(accelerator.unwrap_model(unet), ema), vae, encoder, recipe)
+            evaluate_stage(run_dir, stage.name, _ema_unet(accelerator.unwrap_model(unet), ema), vae, encoder, recipe,
+                           **_variant_kwargs(recipe, stage))
         accelerator.wait_for_everyone()
     model_dir = run_dir / "model"
-    if components is None and accelerator.is_main_process and not model_dir.exists():
-        from dreamlite.train.evaluate import make_pipeline
-        make_pipeline(_ema_unet(accelerator.unwrap_model(unet), ema), vae, encoder, recipe).save_pretrained(
+    if (components is None or components.save_model) and accelerator.is_main_process and not model_dir.exists():
+        _final_pipeline(run_dir, recipe, _ema_unet(accelerator.unwrap_model(unet), ema), vae, encoder).save_pretrained(
             model_dir, weights_dtype=getattr(torch, recipe.model_dtype))
     accelerator.wait_for_everyone()
     return model_dir
+
+
+def run_stage(ctx: StageContext, stage: StageConfig, state: LoopState, resume_from: Path | None = None,
+              stop_after: int | None = None) -> StageResult:
+    """Run (or continue) one stage with the driver of its kind."""
+    if stage.kind == "rl":
+        from dreamlite.train.rl_stage import run_rl_stage
+        return run_rl_stage(ctx, stage, state, resume_from, stop_after)
+    if stage.kind == "distill":
+        from dreamlite.train.distill_stage import run_distill_stage
+        return run_distill_stage(ctx, stage, state, resume_from, stop_after)
+    make_sampler = partial(BatchSampler, ctx.pools, image_size=ctx.recipe.corpus.image_size)
+    return train_stage(ctx.accelerator, ctx.unet, ctx.ema, make_sampler, stage, ctx.uncond, state, ctx.run_dir,
+                       ctx.recipe.seed, ctx.recipe.checkpoint_every, resume_from=resume_from, stop_after=stop_after)
+
+
+def _variant_kwargs(recipe: Recipe, stage: StageConfig) -> dict[str, Any]:
+    """After a distill stage, evaluate the mobile variant (its steps, no guidance)."""
+    if stage.kind != "distill":
+        return {}
+    from dreamlite.train.distill_stage import mobile_variants
+    return {"variants": mobile_variants(recipe, stage.distill), "default_variant": "mobile"}
+
+
+def _final_pipeline(run_dir: Path, recipe: Recipe, unet: MobileUNet, vae, encoder):
+    last = recipe.stages[-1]
+    if last.kind == "distill":
+        from dreamlite.train.distill_stage import distilled_pipeline
+        return distilled_pipeline(run_dir, recipe, last, unet, vae, encoder)
+    from dreamlite.train.evaluate import make_pipeline
+    return make_pipeline(unet, vae, encoder, recipe)
 
 
 def _ema_unet(unet: MobileUNet, ema: EMA) -> MobileUNet:

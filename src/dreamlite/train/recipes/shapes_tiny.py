@@ -6,7 +6,10 @@ from measured throughput (BENCHMARKS.md): the whole recipe, VAE included, fits i
 """
 
 from dreamlite.models.vae import VAEConfig
-from dreamlite.train.config import CorpusConfig, DataMix, EvalConfig, Recipe, StageConfig
+from dreamlite.sampling import Guidance
+from dreamlite.train.config import (CorpusConfig, DataMix, DistillStageConfig, EvalConfig, Recipe, RLStageConfig,
+                                    StageConfig)
+from dreamlite.train.rl import NFTConfig
 
 T2I = DataMix(t2i=1.0, edit=0.0)
 EDIT = DataMix(t2i=0.0, edit=1.0)
@@ -80,7 +83,61 @@ QUICK = Recipe(
     checkpoint_every=3,
 )
 
-RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "shapes-tiny-quick": QUICK}
+# Post-training on top of shapes-tiny-plus (issue 7): DiffusionNFT with the exact Shapes rewards, then progressive
+# distillation to the 4-step, guidance-free mobile variant. Each stage is sized to ~45 min on 2 CPU cores from the
+# measured costs (see POST_COST below). RL weights the tags / edit types the base scores worst on; the rollouts
+# sample as the base is evaluated (CFG 3 / 1.5) with 8 Euler steps; a KL guard to the frozen start and the watch
+# (held-out and paraphrased prompts, image statistics, drift) keep an eye on reward hacking.
+POST_RL_MIX = DataMix(t2i=0.5, edit=0.5,
+                      tag_weights={"position": 2.0, "color_attr": 2.0, "counting": 1.5, "two_object": 1.5,
+                                   "colors": 1.0, "single_object": 0.5},
+                      edit_weights={"add": 1.5, "replace": 1.5, "move": 2.0, "count": 2.0, "remove": 1.0,
+                                    "alter": 1.0, "background": 0.5, "resize": 1.0})
+POST_RL = RLStageConfig(nft=NFTConfig(group_size=8, beta=1.0, adv_scale=1.0, kl_weight=0.05, old_decay=0.5,
+                                      minibatch=16, guidance=Guidance(3.0, 1.5)),
+                        prompts_per_iter=8, reward="shapes", partial_weight=0.2, sample_steps=8, watch_every=20,
+                        watch_prompts=24)
+POST_DISTILL = DistillStageConfig(start_steps=32, final_steps=4, guidance_scale=3.0, image_guidance_scale=1.5)
+RL_ITERATIONS, DISTILL_ROUND_STEPS = 300, 400
+SHAPES_TINY_POST = Recipe(
+    name="shapes-tiny-post",
+    preset="tiny",
+    stages=(
+        StageConfig("rl", POST_RL_MIX, steps=RL_ITERATIONS, lr=1e-5, batch_size=64, warmup_steps=10, ema_decay=0.0,
+                    kind="rl", rl=POST_RL),
+        StageConfig("distill", JOINT, steps=DISTILL_ROUND_STEPS, lr=1e-4, batch_size=64, warmup_steps=20,
+                    min_lr_ratio=0.1, ema_decay=0.0, kind="distill", distill=POST_DISTILL),
+    ),
+    init_from="runs/shapes-tiny-plus/model",
+    vae_path="runs/shapes-tiny/vae",  # shapes-tiny-plus reused this VAE and has none of its own
+    vae=SHAPES_VAE,
+    corpus=CorpusConfig(n_t2i=10_000, n_edit=10_000, n_sft=0, image_size=64),  # distillation's data latents only
+    eval=SHAPES_TINY.eval,
+    checkpoint_every=20,
+    model_dtype="float16",
+)
+
+# CI-sized: the same stage kinds and real rewards, a tiny random network, 2 RL iterations and 2 distill rounds.
+POST_QUICK = Recipe(
+    name="shapes-tiny-post-quick",
+    preset="tiny",
+    stages=(
+        StageConfig("rl", DataMix(0.5, 0.5), steps=2, lr=1e-4, batch_size=4, warmup_steps=1, ema_decay=0.0,
+                    kind="rl", rl=RLStageConfig(nft=NFTConfig(group_size=2, minibatch=4, guidance=Guidance(2.0, 1.5)),
+                                                prompts_per_iter=2, sample_steps=2, watch_every=2, watch_prompts=2)),
+        StageConfig("distill", JOINT, steps=1, lr=1e-4, batch_size=4, warmup_steps=1, ema_decay=0.0, kind="distill",
+                    distill=DistillStageConfig(start_steps=4, final_steps=2, guidance_scale=2.0)),
+    ),
+    unet_overrides=QUICK.unet_overrides,
+    vae=QUICK.vae,
+    vae_steps=QUICK.vae_steps,
+    corpus=QUICK.corpus,
+    eval=EvalConfig(geneval_limit=6, imgedit_limit=8, steps=4),
+    checkpoint_every=1,
+)
+
+RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "shapes-tiny-quick": QUICK,
+           "shapes-tiny-post": SHAPES_TINY_POST, "shapes-tiny-post-quick": POST_QUICK}
 
 
 def ablation(arm: str, total_steps: int = 1500, batch_size: int = 128) -> Recipe:
