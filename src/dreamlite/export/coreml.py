@@ -45,7 +45,8 @@ def _coremltools() -> Any:
         import coremltools as ct
         from coremltools.converters.mil.frontend.torch import exir_utils  # noqa: F401  the torch.export path
     except Exception as e:  # noqa: BLE001  any failure to load the converter ends the export the same way
-        raise ExportError(f"the Core ML converter cannot run here: {type(e).__name__}: {e}") from None
+        raise ExportError(f"the Core ML converter cannot run here: {type(e).__name__}: {e} "
+                          "(install it with `pip install -e \".[device]\"`)") from None
     return ct
 
 

@@ -66,7 +66,8 @@ def _executorch_available() -> None:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
     except (ImportError, OSError) as e:  # OSError: a native library built for another torch
         raise ExportError(f"ExecuTorch is not usable here ({type(e).__name__}: {e}); "
-                          "install executorch==1.5.1 beside torch==2.13.0") from None
+                          "install it with `pip install -e \".[device]\"` "
+                          "(executorch==1.5.1 beside torch==2.13.0)") from None
 
 
 # =========================================================================================================
