@@ -78,7 +78,8 @@ def evaluate_pipeline(pipe: DreamLitePipeline, outdir: Path, geneval_limit: int 
 
 
 def evaluate_stage(run_dir: Path, stage: str, unet, vae, encoder, recipe: Recipe,
-                   variants: dict[str, VariantDefaults] | None = None, default_variant: str = "base") -> dict[str, float]:
+                   variants: dict[str, VariantDefaults] | None = None,
+                   default_variant: str = "base") -> dict[str, float]:
     """Score ``unet`` sampled as ``default_variant`` of ``variants`` (default: the recipe's base settings)."""
     pipe = make_pipeline(unet, vae, encoder, recipe, variants, default_variant).to(vae.device)
     e = recipe.eval

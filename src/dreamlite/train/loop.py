@@ -170,7 +170,8 @@ def save_checkpoint(run_dir: Path, accelerator: Accelerator, unet, ema: EMA, opt
         (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
         (tmp / "state.json").write_text(json.dumps(asdict(state)))
         for key, module in (extra or {}).items():
-            save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp / f"{key}.safetensors"))
+            weights = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+            save_file(weights, str(tmp / f"{key}.safetensors"))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = ckpts / name

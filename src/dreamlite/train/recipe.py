@@ -1,11 +1,11 @@
-"""Run a recipe from nothing: VAE -> corpus -> stages (T2I -> edit -> joint -> SFT ... -> RL -> distill) -> model.
+"""Run a recipe from nothing: VAE -> corpus -> stages (T2I -> edit -> joint -> SFT, RL, distill) -> model.
 
 The paper's task-progressive schedule (Sec. 3.3) is data (``dreamlite.train.recipes``); this module only
 sequences it, dispatching on each stage's kind: ``flow`` (``loop.train_stage``), ``rl``
 (``rl_stage.run_rl_stage``, DiffusionNFT) or ``distill`` (``distill_stage.run_distill_stage``; the model folder
-then holds the base and the mobile variant). After each stage the EMA model is evaluated on GenEval-Shapes and ImgEdit-Shapes subsets and a row
-is appended to ``<run>/stages.md``; loss and score curves are drawn to ``<run>/curves.png``. Interrupted runs
-continue with ``resume=True`` from the latest atomic checkpoint, exactly.
+then holds the base and the mobile variant). After each stage the EMA model is evaluated on GenEval-Shapes and
+ImgEdit-Shapes subsets and a row is appended to ``<run>/stages.md``; loss and score curves are drawn to
+``<run>/curves.png``. Interrupted runs continue with ``resume=True`` from the latest atomic checkpoint, exactly.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from safetensors.torch import load_file
 
 from dreamlite.models.unet import MobileUNet
 from dreamlite.presets import preset_config
-from dreamlite.train.config import Recipe
+from dreamlite.train.config import Recipe, StageConfig
 from dreamlite.train.corpus import Pool, build_pool, load_pool, save_pool
-from dreamlite.train.config import StageConfig
-from dreamlite.train.loop import EMA, BatchSampler, LoopState, StageContext, StageResult, latest_checkpoint, train_stage
+from dreamlite.train.loop import (EMA, BatchSampler, LoopState, StageContext, StageResult, latest_checkpoint,
+                                  train_stage)
 
 
 def make_accelerator() -> Accelerator:

@@ -409,6 +409,9 @@ def _run_stages(accelerator, recipe: Recipe, unet, make_sampler, uncond, run_dir
     from dreamlite.train.loop import EMA, LoopState, latest_checkpoint, train_stage
     from dreamlite.train.recipe import _log_stage
 
+    other = [f"{s.name} ({s.kind})" for s in recipe.stages if s.kind != "flow"]
+    if other:  # rl / distill need Shapes rewards or corpus pools: run them with dreamlite.train.recipe.run_recipe
+        raise ValueError(f"real-data runs train flow stages only; recipe {recipe.name!r} has {', '.join(other)}")
     ema = EMA(unet, recipe.stages[0].ema_decay)
     state = LoopState()
     if ckpt is not None:  # weights and EMA now; optimizer/schedule/RNG inside the stage that was cut

@@ -1,0 +1,210 @@
+"""Post-training stages of a recipe (rl, distill): typed configs, exact resume after SIGKILL, the reward-hacking
+watch, both model variants, and the real Shapes rewards end to end on a tiny random model."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dreamlite.train.config import DataMix, DistillStageConfig, Recipe, RLStageConfig, StageConfig
+from dreamlite.train.loop import latest_checkpoint
+from dreamlite.train.rl import NFTConfig
+
+HERE = Path(__file__).parent
+SCRIPT = str(HERE / "synthetic_run.py")
+sys.path.insert(0, str(HERE))
+from synthetic_run import FakeEncoder, make_pool, post_recipe, tiny_vae  # noqa: E402
+from test_loop import ENV  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------- config
+def test_stage_kinds_round_trip_through_json_and_validate():
+    r = post_recipe()
+    again = Recipe.from_dict(json.loads(r.to_json()))
+    assert again.stages == r.stages
+    assert again.stages[1].rl.nft == NFTConfig(group_size=2, minibatch=2, old_decay=0.5, kl_weight=0.1)
+    assert again.stages[2].distill.rounds == 3 and again.stages[2].total_steps == 6
+    old = json.loads(r.to_json())  # a recipe written before stage kinds existed still loads, as flow stages
+    for s in old["stages"]:
+        del s["kind"], s["rl"], s["distill"]
+    assert [s.kind for s in Recipe.from_dict({**old, "stages": old["stages"][:1]}).stages] == ["flow"]
+    mix = DataMix()
+    with pytest.raises(ValueError, match="kind 'rl' needs its 'rl' config"):
+        StageConfig("x", mix, 1, 1e-3, 4, kind="rl")
+    with pytest.raises(ValueError, match="unknown kind 'ppo'"):
+        StageConfig("x", mix, 1, 1e-3, 4, kind="ppo")
+    with pytest.raises(ValueError, match="a 'distill' config is set but the stage's kind is 'flow'"):
+        StageConfig("x", mix, 1, 1e-3, 4, distill=DistillStageConfig())
+    with pytest.raises(ValueError, match="times a power of 2"):
+        DistillStageConfig(start_steps=24, final_steps=4)
+    with pytest.raises(ValueError, match="must be the last stage"):
+        replace(r, stages=(r.stages[2], r.stages[0]))
+    bad = json.loads(r.to_json())
+    bad["stages"][1]["rl"]["nft"]["group_sise"] = 4
+    with pytest.raises(ValueError, match=r"NFTConfig: unknown field\(s\) \['group_sise'\]"):
+        Recipe.from_dict(bad)
+
+
+def test_post_recipes_are_registered_and_sized():
+    from dreamlite.train.recipes import get_recipe
+
+    post = get_recipe("shapes-tiny-post")
+    assert [s.kind for s in post.stages] == ["rl", "distill"]
+    assert post.init_from == "runs/shapes-tiny-plus/model" and post.vae_path == "runs/shapes-tiny/vae"
+    assert post.stages[1].distill.final_steps == 4
+    quick = get_recipe("shapes-tiny-post-quick")
+    assert [s.kind for s in quick.stages] == [s.kind for s in post.stages]
+    assert Recipe.from_dict(json.loads(post.to_json())).stages == post.stages
+
+
+def test_real_data_runner_refuses_post_stages(tmp_path):
+    from dreamlite.train.streaming import _run_stages
+
+    with pytest.raises(ValueError, match=r"flow stages only; recipe 'synthetic-post' has rl \(rl\), distill"):
+        _run_stages(None, post_recipe(), None, None, None, tmp_path, None, None)
+
+
+def test_task_schedule_follows_the_mix():
+    from dreamlite.train.rl_stage import task_of
+
+    assert [task_of(i, DataMix(0.5, 0.5)) for i in range(4)] == ["t2i", "edit", "t2i", "edit"]
+    assert {task_of(i, DataMix(1.0, 0.0)) for i in range(5)} == {"t2i"}
+    assert sum(task_of(i, DataMix(0.75, 0.25)) == "edit" for i in range(100)) == 25
+
+
+# ------------------------------------------------------------------------------------------------ watch
+def test_paraphrases_keep_the_row_and_use_heldout_wording():
+    from dreamlite.train.rl import rl_rng, rl_t2i_prompts
+    from dreamlite.train.rl_watch import paraphrase
+
+    rows = rl_t2i_prompts(rl_rng(3), 60)
+    rng = np.random.default_rng(0)
+    for prompt, row in rows:
+        para = paraphrase(row, rng)
+        assert {k: v for k, v in para.items() if k != "prompt"} == {k: v for k, v in row.items() if k != "prompt"}
+        assert para["prompt"] != prompt
+    assert {r["tag"] for _, r in rows} == {"single_object", "colors", "two_object", "color_attr", "counting",
+                                            "position"}
+
+
+def test_image_stats_flag_dirty_backgrounds():
+    from dreamlite.train.rl_watch import image_stats
+
+    clean = np.full((2, 32, 32, 3), 255, np.uint8)
+    clean[:, 10:20, 10:20] = (255, 0, 0)
+    noisy = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    vae = tiny_vae()
+    a, b = image_stats(clean, vae), image_stats(noisy, vae)
+    assert a["background_purity"] == 1.0 and b["background_purity"] < 0.2
+    assert 0 < a["saturation"] < b["saturation"] and a["vae_recon_error"] >= 0
+
+
+# ------------------------------------------------------------------------------------------------ resume
+def _final(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = latest_checkpoint(run_dir)
+    out = {k: v for k, v in load_file(str(ckpt / "unet" / "diffusion_pytorch_model.safetensors")).items()}
+    for extra in ("ema", "teacher"):
+        out.update({f"{extra}.{k}": v for k, v in load_file(str(ckpt / f"{extra}.safetensors")).items()})
+    return out
+
+
+def _kill_inside(run_dir: Path, stage_index: int, args: list[str]) -> dict:
+    """Start the run, SIGKILL it once a checkpoint inside ``stage_index`` exists plus some lost work."""
+    proc = subprocess.Popen([sys.executable, SCRIPT, str(run_dir), "--post", "--slow", "0.3", *args], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        ckpt = latest_checkpoint(run_dir)
+        try:
+            state = json.loads((ckpt / "state.json").read_text()) if ckpt else None
+        except (OSError, ValueError):
+            state = None
+        if state and state["stage_index"] == stage_index and state["step"] > 0:
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)  # past the checkpoint, so work is really lost
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return json.loads((latest_checkpoint(run_dir) / "state.json").read_text())
+
+
+def test_sigkill_inside_rl_and_distill_stages_then_resume_matches_uninterrupted(tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    subprocess.run([sys.executable, SCRIPT, str(full), "--post"], check=True, env=ENV, capture_output=True)
+    at_rl = _kill_inside(cut, 1, [])
+    assert at_rl["stage_index"] == 1 and 0 < at_rl["step"] < 6, at_rl
+    at_distill = _kill_inside(cut, 2, ["--resume"])
+    assert at_distill["stage_index"] == 2 and 0 < at_distill["step"] < 6, at_distill
+    assert at_distill["round"] == at_distill["step"] // 2
+    subprocess.run([sys.executable, SCRIPT, str(cut), "--post", "--resume"], check=True, env=ENV, capture_output=True)
+    a, b = _final(full), _final(cut)
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= 1e-6, worst
+    assert json.loads((latest_checkpoint(cut) / "state.json").read_text())["global_step"] == 3 + 6 + 6
+    watch_a = [json.loads(x) for x in (full / "rl_watch.jsonl").read_text().splitlines()]
+    watch_b = [json.loads(x) for x in (cut / "rl_watch.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in watch_a] == [0, 2, 4, 6]
+    assert sorted(r["iteration"] for r in watch_b) == [0, 2, 4, 6]  # logged once each, also across the kill
+    by_it = {r["iteration"]: r for r in watch_b}
+    for r in watch_a:
+        assert by_it[r["iteration"]] == pytest.approx(r, abs=1e-6)
+    assert r["drift"] > 0 and (full / "rl_watch.png").stat().st_size > 0
+    assert (full / "stages" / "distill" / "base.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------- real rewards end to end
+def test_post_quick_runs_real_rewards_and_saves_both_variants(tmp_path):
+    """shapes-tiny-post-quick on a tiny random model: the Shapes detector scores the rollouts and the watch, the
+    distill stage's evaluation samples the mobile variant, and the model folder holds base and mobile."""
+    from dreamlite.models.text import load_text_encoder
+    from dreamlite.pipeline import DreamLitePipeline
+    from dreamlite.train.recipe import Components, run_recipe
+    from dreamlite.train.recipes import get_recipe
+
+    recipe = get_recipe("shapes-tiny-post-quick")
+    encoder = load_text_encoder(recipe.text_encoder)
+    vae = tiny_vae()
+    text_dim = encoder.hidden_size
+    pools = {k: replace(make_pool(k, 16, i), bank=_bank(text_dim, i)) for i, k in enumerate(("t2i", "edit"))}
+    recipe = replace(recipe, unet_overrides={**recipe.unet_overrides, "text_embed_dim": text_dim})
+    model = run_recipe(recipe, tmp_path / "run", components=Components(vae, encoder, pools, save_model=True))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()]
+    rl_rows = [r for r in rows if r["stage"] == "rl"]
+    assert [r["task"] for r in rl_rows] == ["t2i", "edit"] and all(0 <= r["reward"] <= 1 for r in rl_rows)
+    watch = [json.loads(x) for x in (tmp_path / "run" / "rl_watch.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in watch] == [0, 2]
+    assert all(0 <= r[k] <= 1 for r in watch for k in ("heldout_t2i", "paraphrase_t2i", "heldout_edit",
+                                                       "paraphrase_edit", "background_purity"))
+    scores = [json.loads(x) for x in (tmp_path / "run" / "scores.jsonl").read_text().splitlines()]
+    assert [(s["stage"], s["variant"]) for s in scores] == [("rl", "base"), ("distill", "mobile")]
+    cfg = json.loads((model / "dreamlite.json").read_text())
+    assert cfg["default_variant"] == "mobile"
+    assert cfg["variants"]["mobile"] == {"unet_folder": "unet_mobile", "num_inference_steps": 2,
+                                         "guidance_scale": 1.0, "image_guidance_scale": 1.0}
+    assert cfg["variants"]["base"]["unet_folder"] == "unet" and cfg["variants"]["base"]["guidance_scale"] > 1
+    base = DreamLitePipeline.from_pretrained(model, variant="base", text_encoder=encoder)
+    mobile = DreamLitePipeline.from_pretrained(model, text_encoder=encoder)
+    entered = load_file(str(tmp_path / "run" / "stages" / "distill" / "base.safetensors"))
+    assert all(torch.equal(base.unet.state_dict()[k], v) for k, v in entered.items())
+    assert mobile.variant == "mobile" and any(not torch.equal(mobile.unet.state_dict()[k], v)
+                                              for k, v in entered.items())
+    out = mobile("a photo of a red circle", num_images_per_prompt=1, output_type="np", progress=False)
+    assert out.images.shape[-1] == 3
+
+
+def _bank(dim: int, seed: int):
+    from dreamlite.train.corpus import TextBank
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 6, (10,), generator=g)
+    return TextBank(torch.randn(int(lengths.sum()), dim, generator=g).half(), torch.cumsum(lengths, 0) - lengths,
+                    lengths)
