@@ -87,10 +87,13 @@ QUICK = Recipe(
 # distillation to the 4-step, guidance-free mobile variant. RL weights the tags / edit types the base scores worst on;
 # the rollouts sample as the base is evaluated (CFG 3 / 1.5) with 8 Euler steps; a KL guard to the frozen start and
 # the watch (held-out and paraphrased prompts, image statistics, drift) keep an eye on reward hacking.
-# Sizing (benchmarks/post_cost.py, measured on this 2-core machine while another training job held both cores, so
-# as CPU seconds, an upper bound on an idle machine's wall time): one RL iteration (8 prompts x 8 rollouts) 35 s,
-# one watch (4 sets of 24) 15 s, one distillation step at batch 64 4.7 s (guidance round) / <= 9.2 s (halving
-# rounds). RL: 70 x 35 + 8 watches x 15 ~ 43 min at most; distill: 80 x (4.7 + 3 x 9.2) ~ 43 min at most.
+# Sizing (benchmarks/post_cost.py, measured on this 2-core machine while another training job held both cores at
+# real-time priority, so in CPU seconds): one RL iteration (8 prompts x 8 rollouts, 8 steps, CFG) 35 s, one watch
+# (4 sets of 24) 15 s, one distillation step at batch 64 4.7 s (guidance round) / <= 9.2 s (halving rounds). Under
+# the same load a flow step at batch 128 took 8.95 CPU s against 0.91 s wall on an idle machine (BENCHMARKS.md),
+# a ~9.8x inflation; counting only half of it (the detector is single-threaded) an iteration costs 3.6-7 s and a
+# step of all four distillation rounds 3.3-6.5 s idle. RL: 400 iterations + 20 watches ~ 25-47 min; distill:
+# 4 rounds x 400 steps ~ 22-43 min.
 POST_RL_MIX = DataMix(t2i=0.5, edit=0.5,
                       tag_weights={"position": 2.0, "color_attr": 2.0, "counting": 1.5, "two_object": 1.5,
                                    "colors": 1.0, "single_object": 0.5},
@@ -98,17 +101,17 @@ POST_RL_MIX = DataMix(t2i=0.5, edit=0.5,
                                     "alter": 1.0, "background": 0.5, "resize": 1.0})
 POST_RL = RLStageConfig(nft=NFTConfig(group_size=8, beta=1.0, adv_scale=1.0, kl_weight=0.05, old_decay=0.5,
                                       minibatch=16, guidance=Guidance(3.0, 1.5)),
-                        prompts_per_iter=8, reward="shapes", partial_weight=0.2, sample_steps=8, watch_every=10,
+                        prompts_per_iter=8, reward="shapes", partial_weight=0.2, sample_steps=8, watch_every=20,
                         watch_prompts=24)
 POST_DISTILL = DistillStageConfig(start_steps=32, final_steps=4, guidance_scale=3.0, image_guidance_scale=1.5)
-RL_ITERATIONS, DISTILL_ROUND_STEPS = 70, 80
+RL_ITERATIONS, DISTILL_ROUND_STEPS = 400, 400
 SHAPES_TINY_POST = Recipe(
     name="shapes-tiny-post",
     preset="tiny",
     stages=(
-        StageConfig("rl", POST_RL_MIX, steps=RL_ITERATIONS, lr=5e-5, batch_size=64, warmup_steps=5, ema_decay=0.0,
+        StageConfig("rl", POST_RL_MIX, steps=RL_ITERATIONS, lr=3e-5, batch_size=64, warmup_steps=10, ema_decay=0.0,
                     kind="rl", rl=POST_RL),
-        StageConfig("distill", JOINT, steps=DISTILL_ROUND_STEPS, lr=1e-4, batch_size=64, warmup_steps=5,
+        StageConfig("distill", JOINT, steps=DISTILL_ROUND_STEPS, lr=1e-4, batch_size=64, warmup_steps=20,
                     min_lr_ratio=0.1, ema_decay=0.0, kind="distill", distill=POST_DISTILL),
     ),
     init_from="runs/shapes-tiny-plus/model",
