@@ -318,7 +318,7 @@ def test_cli_trains_every_stage_and_writes_a_loadable_model(run_inputs, tmp_path
     assert timing == ["t2i", "edit", "joint", "sft"]
     state = json.loads((run / "checkpoints" / (run / "checkpoints" / "latest").read_text() / "state.json")
                        .read_text())
-    assert state == {"stage_index": 3, "step": 2, "global_step": 8}
+    assert state == {"stage_index": 3, "step": 2, "global_step": 8, "round": 0}
     assert json.loads((run / "data.json").read_text())["buckets"] == [list(b) for b in BUCKETS]
     assert json.loads((run / "recipe.json").read_text())["preset"] == "tiny"
     spec = json.loads((run / "model" / "text_encoder" / "spec.json").read_text())
@@ -344,10 +344,10 @@ def test_cli_stop_and_resume_matches_an_uninterrupted_run(run_inputs, tmp_path, 
     assert _train(run_inputs, cut, "--stop-after", "1") == 0  # mid-stage, between checkpoints
     assert not (cut / "model").exists()
     assert json.loads((cut / "checkpoints" / (cut / "checkpoints" / "latest").read_text() / "state.json")
-                      .read_text()) == {"stage_index": 0, "step": 1, "global_step": 1}
+                      .read_text()) == {"stage_index": 0, "step": 1, "global_step": 1, "round": 0}
     assert _train(run_inputs, cut, "--resume", "--stop-after", "2") == 0  # ends mid-stage again
     assert json.loads((cut / "checkpoints" / (cut / "checkpoints" / "latest").read_text() / "state.json")
-                      .read_text()) == {"stage_index": 1, "step": 1, "global_step": 3}
+                      .read_text()) == {"stage_index": 1, "step": 1, "global_step": 3, "round": 0}
     assert _train(run_inputs, cut) == 2  # a folder holding a run needs --resume
     assert "already holds a run; pass --resume" in capsys.readouterr().err
     assert _train(run_inputs, cut, "--resume") == 0
