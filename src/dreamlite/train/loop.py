@@ -126,7 +126,6 @@ class BatchSampler:
 def lr_lambda(warmup: int, steps: int | None = None, min_ratio: float = 1.0) -> Callable[[int], float]:
     """LR multiplier: linear warm-up over ``warmup`` steps, then constant (``min_ratio`` 1) or a cosine decay
     that reaches ``min_ratio`` at step ``steps`` (annealing at the end of a short CPU stage lowers its loss)."""
-    import math
 
     def f(step: int) -> float:
         if step < warmup or min_ratio >= 1.0 or steps is None:
