@@ -44,7 +44,7 @@ def cmd_convert_official(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------ generate / edit
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "executorch")
 
 
 def _check_backend(args: argparse.Namespace) -> None:
@@ -64,8 +64,14 @@ def _load_pipeline(args: argparse.Namespace):
         if not args.model:
             raise UserError("--backend onnx needs --model DIR, a folder written by `dreamlite export onnx`")
         return load_onnx_pipeline(args.model, variant=args.variant, int8=getattr(args, "int8", False))
+    if getattr(args, "backend", "torch") == "executorch":
+        from dreamlite.export.executorch import load_executorch_pipeline
+        if not args.model:
+            raise UserError("--backend executorch needs --model DIR, a folder written by "
+                            "`dreamlite export executorch`")
+        return load_executorch_pipeline(args.model, variant=args.variant, int8=getattr(args, "int8", False))
     if getattr(args, "int8", False):
-        raise UserError("--int8 selects the quantised files of an ONNX export; use it with --backend onnx")
+        raise UserError("--int8 selects the quantised files of an export; use it with --backend onnx")
     model = Path(args.model) if args.model else default_model()
     return DreamLitePipeline.from_pretrained(model, variant=args.variant)
 
@@ -209,21 +215,29 @@ def _add_eval_source(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--variant", choices=["base", "mobile"], help="model variant (default: the model's default)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the variant's)")
     p.add_argument("--guidance", type=float, help="text guidance scale (default: the variant's)")
-    p.add_argument("--backend", default="torch", help="torch (a model folder) or onnx (an exported folder)")
+    p.add_argument("--backend", default="torch", help="torch (a model folder), onnx or executorch (an exported folder)")
 
 
 # -------------------------------------------------------------------------------------------- export
-EXPORT_BACKENDS = ("onnx",)
+EXPORT_BACKENDS = ("onnx", "executorch", "coreml")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     if args.backend not in EXPORT_BACKENDS:
         raise UserError(f"unknown export backend {args.backend!r}; available: {', '.join(EXPORT_BACKENDS)}")
-    from dreamlite.export.onnx import export_onnx
     from dreamlite.paths import default_model
 
+    if args.backend == "coreml":
+        from dreamlite.export.coreml import export_coreml as export
+        if args.int8:
+            raise UserError("--int8 is not available for the Core ML export (fp16 weights)")
+    elif args.backend == "executorch":
+        from dreamlite.export.executorch import export_executorch as export
+    else:
+        from dreamlite.export.onnx import export_onnx as export
     model = Path(args.model) if args.model else default_model()
-    r = export_onnx(model, args.out, resolution=args.resolution, int8=args.int8, variant=args.variant)
+    kwargs = {"int8": args.int8} if args.backend != "coreml" else {}
+    r = export(model, args.out, resolution=args.resolution, variant=args.variant, **kwargs)
     print(f"wrote {r.path} in {r.seconds:.0f} s")
     for name, size in r.files.items():
         print(f"  {name:<26}{size / 1e6:10.2f} MB")
@@ -263,8 +277,9 @@ def _add_sampling_args(p: argparse.ArgumentParser, edit: bool) -> None:
     p.add_argument("--steps", type=int, help="sampling steps (default: the variant's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, help="text guidance scale (1 = off)")
-    p.add_argument("--backend", default="torch", help="torch (a model folder) or onnx (an exported folder)")
-    p.add_argument("--int8", action="store_true", help="with --backend onnx: run the int8 U-Net and text encoder")
+    p.add_argument("--backend", default="torch", help="torch (a model folder), onnx or executorch (an exported folder)")
+    p.add_argument("--int8", action="store_true",
+                   help="with --backend onnx: run the int8 U-Net and text encoder")
     p.add_argument("--width", type=int, help="output width in px (default: the model's resolution"
                                              + (", or for edits the source's aspect bucket)" if edit else ")"))
     p.add_argument("--height", type=int, help="output height in px (default: as --width)")
@@ -351,8 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outdir", default="outputs/imgedit_shapes", help="output folder")
     p.set_defaults(func=cmd_eval_imgedit)
 
-    p = sub.add_parser("export", help="export a model for on-device runtimes: `export onnx --out DIR`")
-    p.add_argument("backend", metavar="BACKEND", help="export format: onnx")
+    p = sub.add_parser("export", help="export a model for on-device runtimes: "
+                                      "`export onnx|executorch|coreml --out DIR`")
+    p.add_argument("backend", metavar="BACKEND", help="export format: onnx, executorch or coreml (U-Net only)")
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty; written atomically)")
     p.add_argument("--resolution", help="image size R or WxH the U-Net is exported for (default: the model's)")

@@ -301,7 +301,7 @@ def test_failure_mid_export_leaves_nothing(model_dir, tmp_path, capsys, monkeypa
 
 def test_bad_arguments_are_one_line_errors(model_dir, exported, tmp_path, capsys):
     cases = [
-        (["export", "coreml", "--model", model_dir, "--out", tmp_path / "x"], "unknown export backend 'coreml'"),
+        (["export", "tflite", "--model", model_dir, "--out", tmp_path / "x"], "unknown export backend 'tflite'"),
         (["export", "onnx", "--model", model_dir, "--out", exported], "refusing to overwrite"),
         (["export", "onnx", "--model", model_dir, "--out", tmp_path / "x", "--resolution", "30"], "multiple of"),
         (["export", "onnx", "--model", model_dir, "--out", tmp_path / "x", "--resolution", "big"], "WxH"),

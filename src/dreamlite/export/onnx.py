@@ -294,21 +294,9 @@ def export_onnx(model: str | Path, out: str | Path, *, resolution: str | int | S
     ``resolution`` (default: the model's) fixes the U-Net's canvas. With ``int8`` the U-Net and the text
     encoder are also written dynamically quantized. ``out`` appears complete or not at all.
     """
-    from dreamlite.pipeline import DreamLitePipeline, vae_scale_factor
-
     start = time.perf_counter()
     out, model = Path(out), Path(model)
-    wh = parse_resolution(resolution)
-    check_destination(out)
-    pipe = DreamLitePipeline.from_pretrained(model, variant=variant)
-    if not isinstance(pipe.text_encoder, MiniLMTextEncoder):
-        raise ExportError(f"ONNX export supports the MiniLM text encoder only; {model} uses "
-                          f"{pipe.text_encoder.spec.type}")
-    wh = wh or tuple(pipe.defaults.resolution)
-    f = vae_scale_factor(pipe.vae)
-    if wh[0] % f or wh[1] % f:
-        raise ExportError(f"resolution {wh[0]}x{wh[1]} is not a multiple of the VAE's {f}x downsampling")
-    latent_hw = (wh[1] // f, wh[0] // f)
+    pipe, wh, latent_hw, f = load_for_export(model, out, resolution, variant, "ONNX")
     with staging_folder(out) as tmp:
         export_unet(pipe.unet, tmp / FILES["unet"], latent_hw, wh)
         export_vae(pipe.vae, tmp, wh, f)
@@ -320,6 +308,26 @@ def export_onnx(model: str | Path, out: str | Path, *, resolution: str | int | S
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
     return ExportResult(out, files, time.perf_counter() - start)
+
+
+def load_for_export(model: Path, out: Path, resolution: str | int | Sequence[int] | None, variant: str | None,
+                    what: str) -> tuple[Any, tuple[int, int], tuple[int, int], int]:
+    """Checks that fail fast (arguments, destination), then the pipeline: (pipe, (w, h), (h, w) latent, factor).
+
+    Shared by the exporters so that they refuse the same inputs with the same messages."""
+    from dreamlite.pipeline import DreamLitePipeline, vae_scale_factor
+
+    wh = parse_resolution(resolution)
+    check_destination(out)
+    pipe = DreamLitePipeline.from_pretrained(model, variant=variant)
+    if not isinstance(pipe.text_encoder, MiniLMTextEncoder):
+        raise ExportError(f"{what} export supports the MiniLM text encoder only; {model} uses "
+                          f"{pipe.text_encoder.spec.type}")
+    wh = wh or tuple(pipe.defaults.resolution)
+    f = vae_scale_factor(pipe.vae)
+    if wh[0] % f or wh[1] % f:
+        raise ExportError(f"resolution {wh[0]}x{wh[1]} is not a multiple of the VAE's {f}x downsampling")
+    return pipe, wh, (wh[1] // f, wh[0] // f), f
 
 
 def _graph_io(path: Path) -> dict[str, dict[str, list[Any]]]:
@@ -339,6 +347,17 @@ def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
 def build_manifest(pipe: Any, model: Path, folder: Path, wh: tuple[int, int], latent_hw: tuple[int, int],
                    int8: bool) -> dict[str, Any]:
     """Everything a runtime (this one, or an app on a phone) needs besides the graphs themselves."""
+    files = {name: {"path": file, "bytes": (folder / file).stat().st_size} for name, file in FILES.items()}
+    if int8:
+        files.update({f"{name}_int8": {"path": file, "bytes": (folder / file).stat().st_size}
+                      for name, file in INT8_FILES.items()})
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "opset": OPSET,
+            **manifest_body(pipe, model, wh, latent_hw), "files": files,
+            "io": {name: _graph_io(folder / file) for name, file in FILES.items()}}
+
+
+def manifest_body(pipe: Any, model: Path, wh: tuple[int, int], latent_hw: tuple[int, int]) -> dict[str, Any]:
+    """The part of a manifest that does not depend on the graph format (shared with the ExecuTorch export)."""
     import dreamlite
     from dreamlite.pipeline import CONFIG_NAME
 
@@ -346,13 +365,8 @@ def build_manifest(pipe: Any, model: Path, folder: Path, wh: tuple[int, int], la
     c = int(pipe.unet.config.in_channels)
     cfg_path = model / CONFIG_NAME
     defaults = json.loads(cfg_path.read_text()) if cfg_path.is_file() else pipe.defaults.to_dict()
-    files = {name: {"path": file, "bytes": (folder / file).stat().st_size} for name, file in FILES.items()}
-    if int8:
-        files.update({f"{name}_int8": {"path": file, "bytes": (folder / file).stat().st_size}
-                      for name, file in INT8_FILES.items()})
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "dreamlite_version": dreamlite.__version__,
-        "opset": OPSET, "source_model": str(model.resolve()), "variant": pipe.variant,
+        "dreamlite_version": dreamlite.__version__, "source_model": str(model.resolve()), "variant": pipe.variant,
         "resolution": list(wh),  # (width, height) in pixels
         "latent": {"channels": c, "height": latent_hw[0], "width": latent_hw[1], "downsample": wh[0] // latent_hw[1],
                    "canvas": [c, latent_hw[0], 2 * latent_hw[1]]},  # (target | condition) along the width
@@ -368,8 +382,6 @@ def build_manifest(pipe: Any, model: Path, folder: Path, wh: tuple[int, int], la
         "unet": {"timestep": "sigma * 1000", "config": _jsonable(pipe.unet.config)},
         "scheduler": _jsonable(pipe.scheduler.config),
         "defaults": defaults,
-        "files": files,
-        "io": {name: _graph_io(folder / file) for name, file in FILES.items()},
     }
 
 
@@ -406,12 +418,12 @@ class OnnxUNet:
                  encoder_attention_mask: Tensor | None = None, time_ids: Tensor | None = None) -> Tensor:
         B = sample.shape[0]
         if tuple(sample.shape[1:]) != self.canvas:
-            raise ExportError(f"this ONNX U-Net was exported for canvas {list(self.canvas)} (export again with "
+            raise ExportError(f"this U-Net was exported for canvas {list(self.canvas)} (export again with "
                               f"--resolution for another size); got {list(sample.shape[1:])}")
         if encoder_attention_mask is None:
             encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2], dtype=torch.long)
         if time_ids is None:
-            raise ExportError("the ONNX U-Net needs time_ids [B, 2] (width, height in pixels)")
+            raise ExportError("the exported U-Net needs time_ids [B, 2] (width, height in pixels)")
         feeds = {"sample": _numpy(sample, np.float32),
                  "timestep": _numpy(torch.as_tensor(timestep).reshape(-1).expand(B), np.float32),
                  "encoder_hidden_states": _numpy(encoder_hidden_states, np.float32),
@@ -463,7 +475,7 @@ class OnnxTextEncoder(MiniLMTextEncoder):
 
     def to(self, device: torch.device | str) -> "OnnxTextEncoder":
         if torch.device(device).type != "cpu":
-            raise ExportError("the ONNX backend runs on the CPU (onnxruntime's CPU provider)")
+            raise ExportError("exported graphs run on the CPU here (onnxruntime's CPU provider, ExecuTorch's XNNPACK)")
         return self
 
     def _encode(self, texts: list[str], images: Any, task: Task) -> tuple[Tensor, Tensor]:
@@ -475,22 +487,26 @@ class OnnxTextEncoder(MiniLMTextEncoder):
         return torch.from_numpy(hidden), torch.from_numpy(mask)
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The manifest of an exported folder, checked for format, version and the files it names."""
+def read_manifest(folder: str | Path, *, fmt: str = FORMAT, version: int = FORMAT_VERSION,
+                  backend: str = "onnx") -> dict[str, Any]:
+    """The manifest of an exported folder, checked for format, version and the files it names.
+
+    ``fmt``/``version``/``backend`` let the other exporters (``dreamlite.export.executorch``) share the check.
+    """
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no {MANIFEST_NAME}; --backend onnx needs a folder written by "
-                                "`dreamlite export onnx`")
+        raise FileNotFoundError(f"{folder} has no {MANIFEST_NAME}; --backend {backend} needs a folder written by "
+                                f"`dreamlite export {backend}`")
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExportError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ExportError(f"{path} is not a {FORMAT} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        raise ExportError(f"{path} is not a {fmt} manifest")
+    if manifest.get("format_version") != version:
         raise ExportError(f"{path} has format version {manifest.get('format_version')}; this dreamlite reads "
-                          f"version {FORMAT_VERSION} (export again)")
+                          f"version {version} (export again)")
     for entry in manifest["files"].values():
         if not (folder / entry["path"]).is_file():
             raise FileNotFoundError(f"{folder} lacks {entry['path']}, which its manifest lists")
@@ -517,29 +533,38 @@ def load_onnx_pipeline(folder: str | Path, *, int8: bool | Sequence[str] = False
     made with ``--int8``. Steps, guidance and resolution default to the exported model folder's values.
     ``variant``, if given, must be the one that was exported (an export holds one U-Net).
     """
+    folder = Path(folder)
+    return pipeline_from_manifest(folder, read_manifest(folder), lambda path: make_session(path, threads),
+                                  int8=int8, variant=variant, int8_names=tuple(INT8_FILES))
+
+
+def pipeline_from_manifest(folder: Path, manifest: Mapping[str, Any], open_session: Any, *,
+                           int8: bool | Sequence[str], variant: str | None, int8_names: Sequence[str],
+                           backend: str = "onnx") -> Any:
+    """The adapters over ``open_session(path)`` (anything with onnxruntime's ``run(None, feeds)``), plugged
+    into an ordinary ``DreamLitePipeline``. Shared by every exported backend, so that they differ only in how
+    a graph file is opened."""
     from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import AutoTokenizer
 
     from dreamlite.pipeline import DreamLitePipeline, PipelineDefaults
 
-    folder = Path(folder)
-    manifest = read_manifest(folder)
     files = manifest["files"]
     if variant is not None and variant != manifest["variant"]:
         raise ExportError(f"{folder} holds the {manifest['variant']!r} U-Net, not {variant!r}; export that "
-                          f"variant with `dreamlite export onnx --variant {variant}`")
-    quantized = set(INT8_FILES) if int8 is True else set(int8 or ())
-    if quantized - set(INT8_FILES):
-        raise ExportError(f"int8 components must be among {sorted(INT8_FILES)}, got {sorted(quantized)}")
+                          f"variant with `dreamlite export {backend} --variant {variant}`")
+    quantized = set(int8_names) if int8 is True else set(int8 or ())
+    if quantized - set(int8_names):
+        raise ExportError(f"int8 components must be among {sorted(int8_names)}, got {sorted(quantized)}")
     if quantized and not all(f"{name}_int8" in files for name in quantized):
         raise ExportError(f"{folder} has no int8 files; export with --int8")
     pick = lambda name: folder / files[f"{name}_int8" if name in quantized else name]["path"]  # noqa: E731
-    unet = OnnxUNet(make_session(pick("unet"), threads), manifest["unet"]["config"], manifest["latent"]["canvas"])
-    vae = OnnxVAE(make_session(folder / files["vae_encoder"]["path"], threads),
-                  make_session(folder / files["vae_decoder"]["path"], threads), manifest["vae"]["config"])
+    unet = OnnxUNet(open_session(pick("unet")), manifest["unet"]["config"], manifest["latent"]["canvas"])
+    vae = OnnxVAE(open_session(folder / files["vae_encoder"]["path"]),
+                  open_session(folder / files["vae_decoder"]["path"]), manifest["vae"]["config"])
     te = manifest["text_encoder"]
     tokenizer = AutoTokenizer.from_pretrained(folder / te["tokenizer"], local_files_only=True)
-    text = OnnxTextEncoder(make_session(pick("text_encoder"), threads), tokenizer, max_length=te["max_length"],
+    text = OnnxTextEncoder(open_session(pick("text_encoder")), tokenizer, max_length=te["max_length"],
                            hidden_size=te["hidden_size"], fmt=_prompt_format(manifest))
     defaults = PipelineDefaults.from_dict(manifest["defaults"])
     defaults = PipelineDefaults(resolution=tuple(manifest["resolution"]), default_variant=manifest["variant"],
