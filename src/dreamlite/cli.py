@@ -71,7 +71,7 @@ def _load_pipeline(args: argparse.Namespace):
                             "`dreamlite export executorch`")
         return load_executorch_pipeline(args.model, variant=args.variant, int8=getattr(args, "int8", False))
     if getattr(args, "int8", False):
-        raise UserError("--int8 selects the quantised files of an export; use it with --backend onnx")
+        raise UserError("--int8 selects the quantised files of an ONNX export; use it with --backend onnx")
     model = Path(args.model) if args.model else default_model()
     return DreamLitePipeline.from_pretrained(model, variant=args.variant)
 
