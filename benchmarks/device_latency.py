@@ -21,7 +21,6 @@ prompt and is not part of the U-Net/VAE path that the paper's "under a second on
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from dreamlite.models import vae as vae_lib
 from dreamlite.models.text import MiniLMTextEncoder
 from dreamlite.profile import unet_gflops
 from dreamlite.sampling import Conditions, make_sigmas, sample
+from unet_latency import median_latency, record  # the sibling script (benchmarks/ is on sys.path when run)
 
 PROMPT = "[Generate]: a red circle to the left of a blue square"
 BACKENDS = ("eager", "compile", "ort", "ort-int8", "executorch", "executorch-int8")
@@ -64,21 +64,10 @@ class Runner:
     build_s: float = 0.0  # export / compile time
 
 
-def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     """This CPU's fp32 GEMM throughput (the ceiling a conv/attention network can approach)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n ** 3 / median_time(lambda: a @ b, repeats, warmup=2) / 1e9
+    return 2 * n ** 3 / median_latency(lambda: a @ b, repeats, warmup=2) / 1e9
 
 
 def load_components(name: str, resolution: int | None) -> Components:
@@ -114,6 +103,21 @@ def torch_runner(c: Components, compiled: bool) -> Runner:
     return Runner(encode, unet, decode, time.perf_counter() - t0)  # compile time shows in the warm-up
 
 
+def session_runner(c: Components, unet: Callable, text, decoder, build: float) -> Runner:
+    """A Runner over exported programs: ``text`` and ``decoder`` answer onnxruntime's ``run(None, feeds)``
+    (an onnxruntime session or ExecuTorch's ``PteSession``); ``unet`` is already an ``OnnxUNet`` adapter."""
+
+    def encode(prompt: str):
+        batch = c.text.tokenizer([prompt], return_tensors="np")
+        states = text.run(None, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})[0]
+        return torch.from_numpy(states), torch.from_numpy(batch["attention_mask"])
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(decoder.run(None, {"latents": z.numpy()})[0])
+
+    return Runner(encode, unet, decode, build)
+
+
 def onnx_runner(c: Components, folder: Path, int8: bool, threads: int) -> Runner:
     t0 = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
@@ -134,15 +138,7 @@ def onnx_runner(c: Components, folder: Path, int8: bool, threads: int) -> Runner
     text = onnx_export.make_session(text_path, threads)
     decoder = onnx_export.make_session(folder / onnx_export.FILES["vae_decoder"], threads)
 
-    def encode(prompt: str):
-        batch = c.text.tokenizer([prompt], return_tensors="np")
-        states = text.run(None, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})[0]
-        return torch.from_numpy(states), torch.from_numpy(batch["attention_mask"])
-
-    def decode(z: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(decoder.run(None, {"latents": z.numpy()})[0])
-
-    return Runner(encode, unet, decode, build)
+    return session_runner(c, unet, text, decoder, build)
 
 
 def executorch_runner(c: Components, folder: Path, int8: bool) -> Runner:
@@ -166,15 +162,7 @@ def executorch_runner(c: Components, folder: Path, int8: bool) -> Runner:
     text = et.PteSession(folder / et.FILES["text_encoder"], specs["text_encoder"])
     decoder = et.PteSession(folder / et.FILES["vae_decoder"], specs["vae_decoder"])
 
-    def encode(prompt: str):
-        batch = c.text.tokenizer([prompt], return_tensors="np")
-        states = text.run(None, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})[0]
-        return torch.from_numpy(states), torch.from_numpy(batch["attention_mask"])
-
-    def decode(z: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(decoder.run(None, {"latents": z.numpy()})[0])
-
-    return Runner(encode, unet, decode, build)
+    return session_runner(c, unet, text, decoder, build)
 
 
 def end_to_end(c: Components, r: Runner, steps: int) -> Callable[[], torch.Tensor]:
@@ -215,8 +203,8 @@ def measure(c: Components, backend: str, args, folder: Path) -> dict | None:
         t0 = time.perf_counter()
         r.unet(x, t, text, mask, ids)  # first call: compile / session warm-up
         first = time.perf_counter() - t0
-        step = median_time(lambda: r.unet(x, t, text, mask, ids), args.repeats, warmup=0)
-        e2e = median_time(end_to_end(c, r, args.steps), max(1, args.repeats - 1))
+        step = median_latency(lambda: r.unet(x, t, text, mask, ids), args.repeats, warmup=0)
+        e2e = median_latency(end_to_end(c, r, args.steps), max(1, args.repeats - 1))
     return {"backend": backend, "step_s": step, "e2e_s": e2e, "build_s": r.build_s + first}
 
 
@@ -268,12 +256,9 @@ def main() -> None:
     text = "\n".join(table)
     print(text)
     if args.record:
-        head = (f"\n### Device latency (CPU, fp32 unless int8, {args.threads} threads; matmul peak "
-                f"{peak:.1f} GFLOP/s)\n\nCommand: `python benchmarks/device_latency.py --models {args.models} "
-                f"--resolutions {args.resolutions} --backends {args.backends} --threads {args.threads}`\n\n")
-        with open(Path(__file__).resolve().parents[1] / "BENCHMARKS.md", "a") as f:
-            f.write(head + text + "\n")
-
+        record(f"Device latency (CPU, fp32 unless int8, {args.threads} threads; torch GEMM rate {peak:.1f} GFLOP/s)",
+               f"python benchmarks/device_latency.py --models {args.models} --resolutions {args.resolutions} "
+               f"--backends {args.backends} --threads {args.threads}", text)
 
 if __name__ == "__main__":
     main()

@@ -39,6 +39,12 @@ def median_latency(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def record(title: str, command: str, table: str) -> None:
+    """Append a titled table with the command that made it to BENCHMARKS.md (the benchmarks' --record)."""
+    with open(Path(__file__).resolve().parents[1] / "BENCHMARKS.md", "a") as f:
+        f.write(f"\n### {title}\n\nCommand: `{command}`\n\n{table}\n")
+
+
 def make_call(name: str, model, h: int, w: int, device, dtype):
     z = lambda *s: torch.randn(*s, device=device, dtype=dtype)  # noqa: E731
     t = torch.tensor([500.0], device=device, dtype=dtype)
@@ -107,11 +113,9 @@ def main() -> None:
     text = "\n".join(table)
     print(text)
     if args.record:
-        head = (f"\n### U-Net latency ({args.device}, {args.dtype}, {args.threads} threads)\n\n"
-                f"Command: `python benchmarks/unet_latency.py --threads {args.threads} --device {args.device} "
-                f"--dtype {args.dtype}`\n\n")
-        with open(Path(__file__).resolve().parents[1] / "BENCHMARKS.md", "a") as f:
-            f.write(head + text + "\n")
+        record(f"U-Net latency ({args.device}, {args.dtype}, {args.threads} threads)",
+               f"python benchmarks/unet_latency.py --threads {args.threads} --device {args.device} --dtype {args.dtype}",
+               text)
 
 
 if __name__ == "__main__":

@@ -266,23 +266,25 @@ def test_int8_files_are_smaller_and_close(exported, onnx_pipe):
 
 
 # --------------------------------------------------------------------------------------------- errors
-def test_unwritable_destination_fails_cleanly(model_dir, tmp_path, capsys):
+@pytest.mark.parametrize("backend", ["onnx", "executorch"])  # both fail before any export work
+def test_unwritable_destination_fails_cleanly(backend, model_dir, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    code, _, err = run(["export", "onnx", "--model", model_dir, "--out", blocker / "onnx"], capsys)
+    code, _, err = run(["export", backend, "--model", model_dir, "--out", blocker / backend], capsys)
     assert code == 2
     one_line_error(err, "cannot write", "not a folder")
     assert blocker.read_text() == "not a folder"
 
 
-def test_model_without_weights_fails_cleanly(model_dir, tmp_path, capsys):
+@pytest.mark.parametrize("backend", ["onnx", "executorch"])
+def test_model_without_weights_fails_cleanly(backend, model_dir, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
     (broken / "unet" / "diffusion_pytorch_model.safetensors").unlink()
-    code, _, err = run(["export", "onnx", "--model", broken, "--out", tmp_path / "onnx"], capsys)
+    code, _, err = run(["export", backend, "--model", broken, "--out", tmp_path / backend], capsys)
     assert code == 2
     one_line_error(err, "diffusion_pytorch_model.safetensors")
-    no_artefacts(tmp_path, "onnx")
+    no_artefacts(tmp_path, backend)
 
 
 def test_failure_mid_export_leaves_nothing(model_dir, tmp_path, capsys, monkeypatch):
