@@ -1,7 +1,7 @@
 """Device latency: per-step U-Net time and the 4-step end-to-end time on every CPU backend we export to.
 
 For each model (the paper's ``dreamlite-0.39b`` preset with random weights, and the shipped tiny model) and
-each resolution, and for each backend (torch eager, torch.compile, onnxruntime fp32 / int8, ExecuTorch
+each resolution, and for each backend (torch eager, torch.compile, onnxruntime fp32 / int8 / int4, ExecuTorch
 XNNPACK fp32; ExecuTorch int8 is listed as not available, see ``dreamlite.export.executorch``) it prints:
 
 * U-Net: median seconds per forward at batch 1 (the 4-step mobile model runs without guidance), the GFLOPs
@@ -38,7 +38,7 @@ from dreamlite.sampling import Conditions, make_sigmas, sample
 from unet_latency import median_latency, record  # the sibling script (benchmarks/ is on sys.path when run)
 
 PROMPT = "[Generate]: a red circle to the left of a blue square"
-BACKENDS = ("eager", "compile", "ort", "ort-int8", "executorch", "executorch-int8")
+BACKENDS = ("eager", "compile", "ort", "ort-int8", "ort-int4", "executorch", "executorch-int8")
 
 
 @dataclass
@@ -118,7 +118,8 @@ def session_runner(c: Components, unet: Callable, text, decoder, build: float) -
     return Runner(encode, unet, decode, build)
 
 
-def onnx_runner(c: Components, folder: Path, int8: bool, threads: int) -> Runner:
+def onnx_runner(c: Components, folder: Path, precision: str | None, threads: int) -> Runner:
+    """onnxruntime sessions over the fp32 graphs, or over their ``precision`` ("int8" / "int4") quantization."""
     t0 = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     unet_path, text_path = folder / "unet.onnx", folder / "text_encoder.onnx"
@@ -126,10 +127,11 @@ def onnx_runner(c: Components, folder: Path, int8: bool, threads: int) -> Runner
         onnx_export.export_unet(c.unet, unet_path, c.latent_hw, c.image_wh)
         onnx_export.export_vae(c.vae, folder, c.image_wh, c.image_wh[0] // c.latent_hw[1])
         onnx_export.export_text_encoder(c.text, folder)
-    if int8:
-        q_unet, q_text = folder / "unet.int8.onnx", folder / "text_encoder.int8.onnx"
-        onnx_export.quantize_int8(unet_path, q_unet)
-        onnx_export.quantize_int8(text_path, q_text)
+    if precision:
+        files, quantize = onnx_export.QUANT_FILES[precision], onnx_export.QUANTIZERS[precision]
+        q_unet, q_text = folder / files["unet"], folder / files["text_encoder"]
+        quantize(unet_path, q_unet)
+        quantize(text_path, q_text)
         unet_path, text_path = q_unet, q_text
     build = time.perf_counter() - t0
     h, w = c.latent_hw
@@ -187,7 +189,7 @@ def measure(c: Components, backend: str, args, folder: Path) -> dict | None:
         if backend in ("eager", "compile"):
             r = torch_runner(c, backend == "compile")
         elif backend.startswith("ort"):
-            r = onnx_runner(c, folder / "onnx", backend.endswith("int8"), args.threads)
+            r = onnx_runner(c, folder / "onnx", backend.partition("-")[2] or None, args.threads)
         else:
             r = executorch_runner(c, folder / "executorch", backend.endswith("int8"))
     except (ImportError, onnx_export.ExportError) as e:

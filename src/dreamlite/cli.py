@@ -59,19 +59,23 @@ def _load_pipeline(args: argparse.Namespace):
     from dreamlite.pipeline import DreamLitePipeline
 
     _check_backend(args)
-    if getattr(args, "backend", "torch") == "onnx":
+    backend = getattr(args, "backend", "torch")
+    # executorch answers --int8 itself (why its int8 programs do not exist); every other mismatch is ours
+    for flag in ("int8", "int4"):
+        if getattr(args, flag, False) and backend != "onnx" and (backend, flag) != ("executorch", "int8"):
+            raise UserError(f"--{flag} selects the quantised files of an ONNX export; use it with --backend onnx")
+    if backend == "onnx":
         from dreamlite.export.onnx import load_onnx_pipeline
         if not args.model:
             raise UserError("--backend onnx needs --model DIR, a folder written by `dreamlite export onnx`")
-        return load_onnx_pipeline(args.model, variant=args.variant, int8=getattr(args, "int8", False))
-    if getattr(args, "backend", "torch") == "executorch":
+        return load_onnx_pipeline(args.model, variant=args.variant, int8=getattr(args, "int8", False),
+                                  int4=getattr(args, "int4", False))
+    if backend == "executorch":
         from dreamlite.export.executorch import load_executorch_pipeline
         if not args.model:
             raise UserError("--backend executorch needs --model DIR, a folder written by "
                             "`dreamlite export executorch`")
         return load_executorch_pipeline(args.model, variant=args.variant, int8=getattr(args, "int8", False))
-    if getattr(args, "int8", False):
-        raise UserError("--int8 selects the quantised files of an ONNX export; use it with --backend onnx")
     model = Path(args.model) if args.model else default_model()
     return DreamLitePipeline.from_pretrained(model, variant=args.variant)
 
@@ -229,14 +233,18 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     if args.backend == "coreml":
         from dreamlite.export.coreml import export_coreml as export
-        if args.int8:
-            raise UserError("--int8 is not available for the Core ML export (fp16 weights)")
+        if args.int8 or args.int4:
+            raise UserError(f"--{'int8' if args.int8 else 'int4'} is not available for the Core ML export "
+                            "(fp16 weights)")
     elif args.backend == "executorch":
         from dreamlite.export.executorch import export_executorch as export
+        if args.int4:
+            raise UserError("--int4 is not available for ExecuTorch (XNNPACK programs are fp32 here); use "
+                            "`export onnx --int4`")
     else:
         from dreamlite.export.onnx import export_onnx as export
     model = Path(args.model) if args.model else default_model()
-    kwargs = {"int8": args.int8} if args.backend != "coreml" else {}
+    kwargs = {"onnx": {"int8": args.int8, "int4": args.int4}, "executorch": {"int8": args.int8}}.get(args.backend, {})
     r = export(model, args.out, resolution=args.resolution, variant=args.variant, **kwargs)
     print(f"wrote {r.path} in {r.seconds:.0f} s")
     for name, size in r.files.items():
@@ -280,6 +288,8 @@ def _add_sampling_args(p: argparse.ArgumentParser, edit: bool) -> None:
     p.add_argument("--backend", default="torch", help="torch (a model folder), onnx or executorch (an exported folder)")
     p.add_argument("--int8", action="store_true",
                    help="with --backend onnx: run the int8 U-Net and text encoder")
+    p.add_argument("--int4", action="store_true",
+                   help="with --backend onnx: run the 4-bit U-Net and text encoder (an export made with --int4)")
     p.add_argument("--width", type=int, help="output width in px (default: the model's resolution"
                                              + (", or for edits the source's aspect bucket)" if edit else ")"))
     p.add_argument("--height", type=int, help="output height in px (default: as --width)")
@@ -373,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty; written atomically)")
     p.add_argument("--resolution", help="image size R or WxH the U-Net is exported for (default: the model's)")
     p.add_argument("--int8", action="store_true", help="also write int8 (dynamic) U-Net and text encoder")
+    p.add_argument("--int4", action="store_true",
+                   help="onnx: also write 4-bit (block-wise MatMulNBits) U-Net and text encoder")
     p.add_argument("--variant", choices=["base", "mobile"], help="U-Net variant (default: the model's default)")
     p.set_defaults(func=cmd_export)
 

@@ -1,6 +1,6 @@
-"""ONNX export and the onnxruntime backend: same numbers as PyTorch, int8 files, clean failures.
+"""ONNX export and the onnxruntime backend: same numbers as PyTorch, int8 and int4 files, clean failures.
 
-One tiny pipeline (32 px, 4x VAE, a shrunk ``tiny`` U-Net, MiniLM) is exported once with ``--int8`` through the
+One tiny pipeline (32 px, 4x VAE, a shrunk ``tiny`` U-Net, MiniLM) is exported once with ``--int8 --int4`` through the
 CLI; the tests compare each graph, and whole generations and edits, against the PyTorch pipeline.
 """
 
@@ -18,7 +18,7 @@ from PIL import Image
 from dreamlite import MobileUNet
 from dreamlite.cli import main
 from dreamlite.export.onnx import (
-    FILES, INT8_FILES, MANIFEST_NAME, OnnxUNet, export_onnx, load_onnx_pipeline, make_session, read_manifest,
+    FILES, MANIFEST_NAME, QUANT_FILES, OnnxUNet, export_onnx, load_onnx_pipeline, make_session, read_manifest,
 )
 from dreamlite.models.text import MiniLMTextEncoder
 from dreamlite.models.vae import VAEConfig, decode, encode, make_vae
@@ -82,7 +82,7 @@ def torch_pipe(model_dir, encoder):
 @pytest.fixture(scope="module")
 def exported(model_dir):
     out = model_dir.parent / "exported"
-    assert main(["export", "onnx", "--model", str(model_dir), "--out", str(out), "--int8"]) == 0
+    assert main(["export", "onnx", "--model", str(model_dir), "--out", str(out), "--int8", "--int4"]) == 0
     return out
 
 
@@ -108,9 +108,11 @@ def test_export_writes_graphs_and_a_manifest(exported, model_dir, torch_pipe):
     assert io["sample"] == ["batch", 4, 8, 16]  # canvas fixed, batch dynamic
     assert io["encoder_hidden_states"] == ["batch", "text_len", 384]  # text length dynamic
     assert io["encoder_attention_mask"] == ["batch", "text_len"]
-    for name, file in {**FILES, **{f"{k}_int8": v for k, v in INT8_FILES.items()}}.items():
-        assert m["files"][name] == {"path": file, "bytes": (exported / file).stat().st_size}
-        assert onnx.load(str(exported / file)).opset_import[0].version == 18
+    quantized = {f"{k}_{q}": v for q, files in QUANT_FILES.items() for k, v in files.items()}
+    for name, file in {**FILES, **quantized}.items():
+        opset = next(o.version for o in onnx.load(str(exported / file)).opset_import if o.domain == "")
+        assert m["files"][name] == {"path": file, "bytes": (exported / file).stat().st_size, "opset": opset}
+        assert opset == 18 if name in FILES else opset >= 18  # the int4 embedding tables need opset 21
     assert (exported / "tokenizer" / "tokenizer.json").is_file()
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".exported.")]  # staging renamed
 
@@ -239,18 +241,29 @@ def test_other_resolution_export(model_dir, torch_pipe, tmp_path):
     assert b.shape == (1, 16, 16, 3) and psnr(a, b) >= 40
     with pytest.raises(ValueError, match="no int8 files"):
         load_onnx_pipeline(r.path, int8=True)
+    with pytest.raises(ValueError, match="no int4 files; export with --int4"):
+        load_onnx_pipeline(r.path, int4=["unet"])
 
 
-# --------------------------------------------------------------------------------------------- int8
-def test_int8_files_are_smaller_and_close(exported, onnx_pipe):
+# --------------------------------------------------------------------------------------------- int8 / int4
+# (precision, ops that must appear per graph, bound on the U-Net's relative error, on MiniLM's, min MiniLM
+# token cosine); int4 also packs MiniLM's embedding tables (GatherBlockQuantized)
+INT8_OPS, INT4_OPS = {"MatMulInteger", "DynamicQuantizeLinear"}, {"MatMulNBits"}
+QUANT_CASES = [
+    ("int8", {"unet": INT8_OPS, "text_encoder": INT8_OPS}, 0.03, 0.25, 0.9),  # measured 0.010 / 0.148 / 0.977
+    ("int4", {"unet": INT4_OPS, "text_encoder": INT4_OPS | {"GatherBlockQuantized"}}, 0.10, 0.40, 0.85),
+]  # int4 measured 0.058 / 0.262 / 0.924
+
+
+@pytest.mark.parametrize("precision,ops,unet_bound,text_bound,min_cos", QUANT_CASES)
+def test_quantized_files_are_smaller_and_close(precision, ops, unet_bound, text_bound, min_cos, exported, onnx_pipe):
     m = read_manifest(exported)["files"]
-    for name in INT8_FILES:
-        fp32, int8 = m[name]["bytes"], m[f"{name}_int8"]["bytes"]
-        print(f"{name}: fp32 {fp32 / 1e6:.2f} MB, int8 {int8 / 1e6:.2f} MB ({int8 / fp32:.0%})")
-        assert int8 < 0.8 * fp32
-        ops = {n.op_type for n in onnx.load(str(exported / INT8_FILES[name])).graph.node}
-        assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops
-    q = load_onnx_pipeline(exported, int8=True)
+    for name, file in QUANT_FILES[precision].items():
+        fp32, small = m[name]["bytes"], m[f"{name}_{precision}"]["bytes"]
+        print(f"{name}: fp32 {fp32 / 1e6:.2f} MB, {precision} {small / 1e6:.2f} MB ({small / fp32:.0%})")
+        assert small < 0.8 * fp32
+        assert ops[name] <= {n.op_type for n in onnx.load(str(exported / file)).graph.node}
+    q = load_onnx_pipeline(exported, **{precision: True})
     x, t, text, mask, ids = _unet_inputs(3, 6, seed=1)
     ref, out = onnx_pipe.unet(x, t, text, mask, ids), q.unet(x, t, text, mask, ids)
     rel = ((out - ref).norm() / ref.norm()).item()
@@ -260,9 +273,22 @@ def test_int8_files_are_smaller_and_close(exported, onnx_pipe):
     rel_text = ((h - h_ref).norm() / h_ref.norm()).item()
     keep = mask_t.bool()
     cos = torch.nn.functional.cosine_similarity(h[keep], h_ref[keep], dim=-1).min().item()
-    print(f"int8 U-Net relative error {rel:.4f}; int8 MiniLM relative error {rel_text:.4f}, min token cosine {cos:.4f}")
-    assert 1e-5 < rel < 0.03  # measured 0.010: quantized, and close
-    assert 1e-5 < rel_text < 0.25 and cos > 0.9  # measured 0.148 / 0.977: MiniLM's outlier features cost more
+    print(f"{precision} U-Net relative error {rel:.4f}; MiniLM relative error {rel_text:.4f}, min token cosine {cos:.4f}")
+    assert 1e-5 < rel < unet_bound  # quantized, and close
+    assert 1e-5 < rel_text < text_bound and cos > min_cos
+
+
+def test_one_precision_at_a_time_and_per_component(exported, onnx_pipe):
+    with pytest.raises(ValueError, match="choose one weight precision, not int4 and int8"):
+        load_onnx_pipeline(exported, int8=True, int4=["unet"])
+    with pytest.raises(ValueError, match="int4 components must be among"):
+        load_onnx_pipeline(exported, int4=["vae_decoder"])
+    mixed, full = load_onnx_pipeline(exported, int4=["unet"]), load_onnx_pipeline(exported, int4=True)
+    x, t, text, mask, ids = _unet_inputs(2, 5, seed=2)
+    assert torch.equal(mixed.unet(x, t, text, mask, ids), full.unet(x, t, text, mask, ids))  # the 4-bit U-Net
+    assert not torch.equal(mixed.unet(x, t, text, mask, ids), onnx_pipe.unet(x, t, text, mask, ids))
+    prompt = ["a blue star above a red square"]
+    assert torch.equal(mixed.text_encoder.encode(prompt)[0], onnx_pipe.text_encoder.encode(prompt)[0])  # float
 
 
 # --------------------------------------------------------------------------------------------- errors

@@ -57,6 +57,45 @@ def test_init_weights_refuses_another_network(tmp_path):
         init_weights(_unet(), tmp_path / "empty")
 
 
+def _inputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(2, 4, 8, 16, generator=g), torch.tensor([300.0, 900.0]),
+            torch.randn(2, 5, UNET.get("text_embed_dim", 384), generator=g), None,
+            torch.tensor([[64.0, 32.0]] * 2))
+
+
+def test_grow_attention_adds_identity_transformers(tmp_path):
+    base = _unet()
+    base.save_pretrained(tmp_path / "m" / "unet")
+    up = tuple(base.config.up_attention)
+    assert up[-1] == "none"
+    grown = _unet(up_attention=up[:-1] + ("self+cross",))
+    with pytest.raises(ValueError, match=r"differs from the recipe's in \['up_attention'\]"):
+        init_weights(grown, tmp_path / "m")  # growth must be asked for
+    init_weights(grown, tmp_path / "m", grow_attention=True)
+    new = [k for k in grown.state_dict() if k not in base.state_dict()]
+    assert new and all(k.startswith(f"up_blocks.{len(up) - 1}.attentions.") for k in new)
+    assert all(torch.equal(grown.state_dict()[k], v) for k, v in base.state_dict().items())
+    with torch.no_grad():
+        a, b = base(*_inputs()), grown(*_inputs())
+    assert torch.allclose(a, b, atol=1e-6)  # the new transformers start as the identity
+    grown.up_blocks[-1].attentions[0].proj_out.weight.data.normal_()
+    with torch.no_grad():
+        assert not torch.allclose(base(*_inputs()), grown(*_inputs()), atol=1e-3)  # ...and are in the path
+
+
+def test_grow_attention_refuses_other_changes(tmp_path):
+    base = _unet()
+    base.save_pretrained(tmp_path / "m" / "unet")
+    down = tuple(base.config.down_attention)
+    assert down[0] == "cross"
+    other = _unet(down_attention=("self+cross",) + down[1:])  # cross -> self+cross changes what norm1 does
+    with pytest.raises(ValueError, match="grow_attention only adds transformers where the saved network has 'none'"):
+        init_weights(other, tmp_path / "m", grow_attention=True)
+    with pytest.raises(ValueError, match=r"differs from the recipe's in \['ff_mult'\]"):
+        init_weights(_unet(ff_mult=2), tmp_path / "m", grow_attention=True)
+
+
 def test_recipe_with_init_from_starts_from_those_weights(tmp_path):
     base = _unet()
     with torch.no_grad():

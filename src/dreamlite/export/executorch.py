@@ -255,5 +255,5 @@ def load_executorch_pipeline(folder: str | Path, *, int8: bool | Sequence[str] =
     manifest = read_manifest(folder, fmt=FORMAT, version=FORMAT_VERSION, backend="executorch")
     by_path = {entry["path"]: name for name, entry in manifest["files"].items()}
     open_session = lambda path: PteSession(path, manifest["io"][by_path[Path(path).name]])  # noqa: E731
-    return pipeline_from_manifest(folder, manifest, open_session, int8=False, variant=variant,
-                                  int8_names=(), backend="executorch")
+    return pipeline_from_manifest(folder, manifest, open_session, quantized={}, variant=variant,
+                                  backend="executorch")

@@ -10,6 +10,7 @@ Export (``export_onnx``, ``dreamlite export onnx``) writes one folder::
     text_encoder.onnx        MiniLM token states (input_ids, attention_mask) -> last_hidden_state
     tokenizer/               the MiniLM tokenizer files (the folder is self-contained)
     unet.int8.onnx, text_encoder.int8.onnx   with --int8: onnxruntime dynamic int8 weight quantization
+    unet.int4.onnx, text_encoder.int4.onnx   with --int4: 4-bit block-wise weights (onnxruntime MatMulNBits)
 
 The VAE graphs stay raw so that the latent scale and shift are applied in one place, by
 ``dreamlite.models.vae.encode``/``decode`` (and, on a device, from the manifest's numbers).
@@ -55,7 +56,10 @@ MANIFEST_NAME = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 FILES: Mapping[str, str] = {"unet": "unet.onnx", "vae_encoder": "vae_encoder.onnx",
                             "vae_decoder": "vae_decoder.onnx", "text_encoder": "text_encoder.onnx"}
-INT8_FILES: Mapping[str, str] = {"unet": "unet.int8.onnx", "text_encoder": "text_encoder.int8.onnx"}
+QUANTIZED = ("int8", "int4")  # weight precisions an export may add beside fp32, for the U-Net and text encoder
+QUANT_FILES: Mapping[str, Mapping[str, str]] = {
+    q: {"unet": f"unet.{q}.onnx", "text_encoder": f"text_encoder.{q}.onnx"} for q in QUANTIZED}
+INT8_FILES, INT4_FILES = QUANT_FILES["int8"], QUANT_FILES["int4"]
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "encoder_attention_mask", "time_ids")
 _EXAMPLE_TEXT_LEN = 7  # any length works: the text axis is dynamic
 
@@ -200,6 +204,41 @@ def quantize_int8(src: Path, dst: Path) -> None:
         logging.disable(logging.NOTSET)
 
 
+def quantize_int4(src: Path, dst: Path, block_size: int = 32) -> None:
+    """4-bit weights (onnxruntime's ``MatMulNBits`` / ``GatherBlockQuantized``): symmetric, one scale per
+    ``block_size`` consecutive weights along the input (MatMul) or hidden (embedding table) axis, so an
+    outlier costs only its own block.
+
+    Unlike ``quantize_int8`` this also packs the embedding tables, which are most of MiniLM's bytes (the word
+    table alone is 47 of its 90 MB): its int4 file is 14 MB against int8's 59 MB. Blocks of 32 instead of
+    onnxruntime's default 128: on the shipped U-Net the output error falls from 4.7 % to 3.6 % for a 3 % larger
+    file. ``accuracy_level=4`` lets the kernel quantize activations to int8 and use integer dot products. Gemm
+    nodes (the time/size embedding MLPs) have no N-bit kernel and stay float, as do convolutions.
+    """
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    stored = {t.name for t in graph.initializer}
+    tables = [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in stored]
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4,
+                                          op_types_to_quantize=("MatMul", "Gather"),
+                                          quant_axes=(("MatMul", 0), ("Gather", 1)))
+    logging.disable(logging.ERROR)  # the quantizer logs one line per node it skips
+    try:
+        q = MatMulNBitsQuantizer(str(src), nodes_to_include=weight_nodes(src, ("MatMul",)) + tables,
+                                 algo_config=config)
+        q.process()
+        q.model.save_model_to_file(str(dst), use_external_data_format=False)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+QUANTIZERS = {"int8": quantize_int8, "int4": quantize_int4}
+
+
 # =========================================================================================================
 # The destination folder: checked before any work, written atomically.
 # =========================================================================================================
@@ -288,23 +327,24 @@ def parse_resolution(value: str | int | Sequence[int] | None) -> tuple[int, int]
 
 
 def export_onnx(model: str | Path, out: str | Path, *, resolution: str | int | Sequence[int] | None = None,
-                int8: bool = False, variant: str | None = None) -> ExportResult:
+                int8: bool = False, int4: bool = False, variant: str | None = None) -> ExportResult:
     """Export the pipeline folder ``model`` (one U-Net variant, default: the folder's) to the folder ``out``.
 
-    ``resolution`` (default: the model's) fixes the U-Net's canvas. With ``int8`` the U-Net and the text
-    encoder are also written dynamically quantized. ``out`` appears complete or not at all.
+    ``resolution`` (default: the model's) fixes the U-Net's canvas. With ``int8`` / ``int4`` the U-Net and the
+    text encoder are also written with quantized weights. ``out`` appears complete or not at all.
     """
     start = time.perf_counter()
     out, model = Path(out), Path(model)
     pipe, wh, latent_hw, f = load_for_export(model, out, resolution, variant, "ONNX")
+    quantized = [q for q, wanted in (("int8", int8), ("int4", int4)) if wanted]
     with staging_folder(out) as tmp:
         export_unet(pipe.unet, tmp / FILES["unet"], latent_hw, wh)
         export_vae(pipe.vae, tmp, wh, f)
         export_text_encoder(pipe.text_encoder, tmp)
-        if int8:
-            for name, file in INT8_FILES.items():
-                quantize_int8(tmp / FILES[name], tmp / file)
-        manifest = build_manifest(pipe, model, tmp, wh, latent_hw, int8)
+        for q in quantized:
+            for name, file in QUANT_FILES[q].items():
+                QUANTIZERS[q](tmp / FILES[name], tmp / file)
+        manifest = build_manifest(pipe, model, tmp, wh, latent_hw, quantized)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
     return ExportResult(out, files, time.perf_counter() - start)
@@ -345,12 +385,18 @@ def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_manifest(pipe: Any, model: Path, folder: Path, wh: tuple[int, int], latent_hw: tuple[int, int],
-                   int8: bool) -> dict[str, Any]:
+                   quantized: Sequence[str] = ()) -> dict[str, Any]:
     """Everything a runtime (this one, or an app on a phone) needs besides the graphs themselves."""
-    files = {name: {"path": file, "bytes": (folder / file).stat().st_size} for name, file in FILES.items()}
-    if int8:
-        files.update({f"{name}_int8": {"path": file, "bytes": (folder / file).stat().st_size}
-                      for name, file in INT8_FILES.items()})
+    import onnx
+
+    def entry(file: str) -> dict[str, Any]:  # the opset per file: the int4 quantizer may raise it (to 21)
+        opset = next(o.version for o in onnx.load(str(folder / file), load_external_data=False).opset_import
+                     if o.domain in ("", "ai.onnx"))
+        return {"path": file, "bytes": (folder / file).stat().st_size, "opset": opset}
+
+    files = {name: entry(file) for name, file in FILES.items()}
+    for q in quantized:
+        files.update({f"{name}_{q}": entry(file) for name, file in QUANT_FILES[q].items()})
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "opset": OPSET,
             **manifest_body(pipe, model, wh, latent_hw), "files": files,
             "io": {name: _graph_io(folder / file) for name, file in FILES.items()}}
@@ -524,22 +570,41 @@ def _prompt_format(manifest: Mapping[str, Any]) -> PromptFormat:
     return fmt
 
 
-def load_onnx_pipeline(folder: str | Path, *, int8: bool | Sequence[str] = False, threads: int | None = None,
-                       variant: str | None = None) -> Any:
+def load_onnx_pipeline(folder: str | Path, *, int8: bool | Sequence[str] = False, int4: bool | Sequence[str] = False,
+                       threads: int | None = None, variant: str | None = None) -> Any:
     """A ``DreamLitePipeline`` whose U-Net, VAE and text encoder run in onnxruntime (``--backend onnx``).
 
-    ``int8``: True for the quantized U-Net and text encoder, or a subset of ``("unet", "text_encoder")`` (the
-    two differ a lot in how much quantization costs them; see ``quantize_int8``). The export must have been
-    made with ``--int8``. Steps, guidance and resolution default to the exported model folder's values.
-    ``variant``, if given, must be the one that was exported (an export holds one U-Net).
+    ``int8`` / ``int4`` (at most one): True for the quantized U-Net and text encoder, or a subset of
+    ``("unet", "text_encoder")`` (the two differ a lot in how much quantization costs them; see
+    ``quantize_int8``). The export must have been made with that flag. Steps, guidance and resolution default to
+    the exported model folder's values. ``variant``, if given, must be the one that was exported (an export
+    holds one U-Net).
     """
     folder = Path(folder)
     return pipeline_from_manifest(folder, read_manifest(folder), lambda path: make_session(path, threads),
-                                  int8=int8, variant=variant, int8_names=tuple(INT8_FILES))
+                                  quantized={"int8": int8, "int4": int4}, variant=variant)
+
+
+def quantized_choice(folder: Path, files: Mapping[str, Any], quantized: Mapping[str, bool | Sequence[str]],
+                     names: Sequence[str] = ("unet", "text_encoder")) -> dict[str, str]:
+    """Graph name -> the ``files`` key to load, from per-precision requests (``{"int8": True}``,
+    ``{"int4": ["unet"]}``; at most one precision); ExportError when the export lacks the requested files."""
+    asked = {q: (set(names) if parts is True else set(parts or ())) for q, parts in quantized.items()}
+    asked = {q: parts for q, parts in asked.items() if parts}
+    if len(asked) > 1:
+        raise ExportError(f"choose one weight precision, not {' and '.join(sorted(asked))}")
+    choice = {name: name for name in FILES}
+    for q, parts in asked.items():
+        if parts - set(names):
+            raise ExportError(f"{q} components must be among {sorted(names)}, got {sorted(parts)}")
+        if not all(f"{name}_{q}" in files for name in parts):
+            raise ExportError(f"{folder} has no {q} files; export with --{q}")
+        choice.update({name: f"{name}_{q}" for name in parts})
+    return choice
 
 
 def pipeline_from_manifest(folder: Path, manifest: Mapping[str, Any], open_session: Any, *,
-                           int8: bool | Sequence[str], variant: str | None, int8_names: Sequence[str],
+                           quantized: Mapping[str, bool | Sequence[str]], variant: str | None,
                            backend: str = "onnx") -> Any:
     """The adapters over ``open_session(path)`` (anything with onnxruntime's ``run(None, feeds)``), plugged
     into an ordinary ``DreamLitePipeline``. Shared by every exported backend, so that they differ only in how
@@ -553,12 +618,8 @@ def pipeline_from_manifest(folder: Path, manifest: Mapping[str, Any], open_sessi
     if variant is not None and variant != manifest["variant"]:
         raise ExportError(f"{folder} holds the {manifest['variant']!r} U-Net, not {variant!r}; export that "
                           f"variant with `dreamlite export {backend} --variant {variant}`")
-    quantized = set(int8_names) if int8 is True else set(int8 or ())
-    if quantized - set(int8_names):
-        raise ExportError(f"int8 components must be among {sorted(int8_names)}, got {sorted(quantized)}")
-    if quantized and not all(f"{name}_int8" in files for name in quantized):
-        raise ExportError(f"{folder} has no int8 files; export with --int8")
-    pick = lambda name: folder / files[f"{name}_int8" if name in quantized else name]["path"]  # noqa: E731
+    choice = quantized_choice(folder, files, quantized)
+    pick = lambda name: folder / files[choice[name]]["path"]  # noqa: E731
     unet = OnnxUNet(open_session(pick("unet")), manifest["unet"]["config"], manifest["latent"]["canvas"])
     vae = OnnxVAE(open_session(folder / files["vae_encoder"]["path"]),
                   open_session(folder / files["vae_decoder"]["path"]), manifest["vae"]["config"])

@@ -145,6 +145,9 @@ class Recipe:
     vae_path: str | None = None  # reuse a trained VAE instead of training one
     # fine-tune: start the U-Net from this pipeline folder's weights (its config must equal the recipe's network)
     init_from: str | None = None
+    # with init_from: the recipe's network may add transformers at levels where init_from's has "none"; they
+    # start as the identity (zero output projection), so the grown network computes what the old one did
+    grow_attention: bool = False
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0

@@ -88,9 +88,13 @@ def build_unet(recipe: Recipe, vae) -> MobileUNet:
                                                         "out_channels": channels}))
 
 
-def init_weights(unet: MobileUNet, folder: Path) -> None:
+def init_weights(unet: MobileUNet, folder: Path, grow_attention: bool = False) -> None:
     """Load a pipeline folder's (or a bare U-Net folder's) weights into ``unet`` for fine-tuning; the saved config
-    must describe the same network, so a mismatch is an error naming the differing fields, not a partial load."""
+    must describe the same network, so a mismatch is an error naming the differing fields, not a partial load.
+
+    With ``grow_attention``, ``unet`` may have transformers at levels where the saved network has ``"none"``
+    (net2net-style growth): every other weight loads exactly and each new transformer starts as the identity
+    (its ``proj_out`` is zero and it is residual), so the grown network's first output equals the old one's."""
     from dreamlite.pipeline import load_unet
 
     unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
@@ -101,9 +105,40 @@ def init_weights(unet: MobileUNet, folder: Path) -> None:
     norm = lambda cfg: json.loads(json.dumps({k: v for k, v in dict(cfg).items() if not k.startswith("_")}))  # noqa: E731
     mine, theirs = norm(unet.config), norm(base.config)  # JSON-normalised: tuples and lists compare equal
     diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
-    if diff:
-        raise ValueError(f"init_from {folder}: its U-Net differs from the recipe's in {diff}")
-    unet.load_state_dict({k: v.float() for k, v in base.state_dict().items()})
+    grown = _grown_levels(mine, theirs) if grow_attention else None
+    if diff and grown is None:
+        hint = " (grow_attention only adds transformers where the saved network has 'none')" if grow_attention else ""
+        raise ValueError(f"init_from {folder}: its U-Net differs from the recipe's in {diff}{hint}")
+    state = {k: v.float() for k, v in base.state_dict().items()}
+    if not diff:
+        unet.load_state_dict(state)
+        return
+    prefixes = tuple(f"{name}.attentions." for name in grown)
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    stray = [k for k in missing if not k.startswith(prefixes)]
+    if unexpected or stray:
+        raise ValueError(f"init_from {folder}: growing {grown} left unmatched weights: "
+                         f"missing {stray[:5]}, unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        for name in grown:
+            for transformer in unet.get_submodule(f"{name}.attentions"):
+                transformer.proj_out.weight.zero_()
+                transformer.proj_out.bias.zero_()
+
+
+def _grown_levels(mine: dict, theirs: dict) -> list[str] | None:
+    """Module names of the levels where ``mine`` adds a transformer over ``theirs`` (``"none"`` -> any mode), or
+    None when the configs differ in anything else."""
+    if {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)} - {"down_attention", "up_attention"}:
+        return None
+    grown = []
+    for field_name, blocks in (("down_attention", "down_blocks"), ("up_attention", "up_blocks")):
+        for i, (new, old) in enumerate(zip(mine[field_name], theirs[field_name])):
+            if new != old:
+                if old != "none":
+                    return None
+                grown.append(f"{blocks}.{i}")
+    return grown
 
 
 @dataclass
@@ -138,7 +173,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, evalua
     uncond = tuple(t.cpu() for t in encoder.encode([""], unconditional=True))
     unet = build_unet(recipe, vae)
     if recipe.init_from and ckpt is None:
-        init_weights(unet, Path(recipe.init_from))
+        init_weights(unet, Path(recipe.init_from), recipe.grow_attention)
     ema = EMA(unet, recipe.stages[0].ema_decay)
     state = LoopState()
     if ckpt is not None:  # weights and EMA now; optimizer/schedule/RNG inside the stage that was cut

@@ -8,10 +8,9 @@ from pathlib import Path
 
 from dreamlite.train.config import Recipe
 
-RECIPES = {"shapes-tiny": "shapes_tiny", "shapes-tiny-plus": "shapes_tiny", "shapes-tiny-quick": "shapes_tiny",
-           "shapes-tiny-post": "shapes_tiny", "shapes-tiny-post-quick": "shapes_tiny",
-           **{f"ablation-{arm}": "shapes_tiny" for arm in ("progressive", "joint", "t2i", "edit")},
-           "dreamlite-0.39b": "dreamlite_039b", "dreamlite-0.39b-smoke": "dreamlite_039b"}
+_MODULES = ("shapes_tiny", "dreamlite_039b")  # each defines ``RECIPES``: name -> Recipe (plain configs, cheap)
+RECIPES = {name: module for module in _MODULES
+           for name in import_module(f"dreamlite.train.recipes.{module}").RECIPES}
 
 
 def get_recipe(name: str) -> Recipe:
