@@ -5,6 +5,8 @@ neither is forgotten, stage 4 is SFT on a curated pool (the hardest compositions
 from measured throughput (BENCHMARKS.md): the whole recipe, VAE included, fits in ~2 hours on 2 cores.
 """
 
+from dataclasses import replace
+
 from dreamlite.models.vae import VAEConfig
 from dreamlite.sampling import Guidance
 from dreamlite.train.config import (CorpusConfig, DataMix, DistillStageConfig, EvalConfig, Recipe, RLStageConfig,
@@ -147,6 +149,12 @@ SHAPES_TINY_POST = Recipe(
     model_dtype="float16",
 )
 
+# The mobile variant of v2: the same distillation schedule as shapes-tiny-post, straight from the v2 base (no RL:
+# on v1, RL did not measure better on the full benchmarks, BENCHMARKS.md "Post-training").
+SHAPES_TINY_V2_MOBILE = replace(
+    SHAPES_TINY_POST, name="shapes-tiny-v2-mobile", stages=SHAPES_TINY_POST.stages[1:],
+    unet_overrides=SHAPES_TINY_V2.unet_overrides, init_from="runs/shapes-tiny-v2/model")
+
 # CI-sized: the same stage kinds and real rewards, a tiny random network, 2 RL iterations and 2 distill rounds.
 POST_QUICK = Recipe(
     name="shapes-tiny-post-quick",
@@ -168,7 +176,8 @@ POST_QUICK = Recipe(
 
 RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "shapes-tiny-v2": SHAPES_TINY_V2,
            "shapes-tiny-quick": QUICK,
-           "shapes-tiny-post": SHAPES_TINY_POST, "shapes-tiny-post-quick": POST_QUICK}
+           "shapes-tiny-post": SHAPES_TINY_POST, "shapes-tiny-post-quick": POST_QUICK,
+           "shapes-tiny-v2-mobile": SHAPES_TINY_V2_MOBILE}
 
 
 def ablation(arm: str, total_steps: int = 1500, batch_size: int = 128) -> Recipe:
