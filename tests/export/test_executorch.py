@@ -21,7 +21,7 @@ from dreamlite.export.executorch import (  # noqa: E402
 )
 from dreamlite.export.onnx import MANIFEST_NAME, OnnxUNet  # noqa: E402
 from test_onnx import (  # noqa: E402  the tiny model, inputs and helpers of the ONNX tests
-    _unet_inputs, encoder, model_dir, no_artefacts, one_line_error, psnr, run, torch_pipe,
+    _unet_inputs, cli_images, encoder, model_dir, no_artefacts, one_line_error, run, torch_pipe,
 )
 
 __all__ = ["encoder", "model_dir", "torch_pipe"]  # module-scoped fixtures shared with test_onnx.py
@@ -95,25 +95,7 @@ def test_int8_is_refused_with_its_reason(model_dir, exported, tmp_path, capsys):
 def test_cli_backend_executorch_images_match_pytorch(model_dir, exported, tmp_path, capsys):
     src = tmp_path / "src.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(src)
-    images = {}
-    for backend, model in (("torch", model_dir), ("executorch", exported)):
-        seeds = (5, 6) if backend == "torch" else (5,)
-        for seed in seeds:
-            out = tmp_path / f"{backend}-{seed}.png"
-            code, _, err = run(["generate", "a green square", "-o", out, "--model", model, "--backend", backend,
-                                "--seed", seed], capsys)
-            assert code == 0, err
-            images[backend, seed] = np.asarray(Image.open(out))
-        out = tmp_path / f"{backend}-edit.png"
-        code, _, err = run(["edit", src, "make it red", "-o", out, "--model", model, "--backend", backend], capsys)
-        assert code == 0, err
-        images[backend, "edit"] = np.asarray(Image.open(out))
-    gen = psnr(images["torch", 5], images["executorch", 5])
-    edit = psnr(images["torch", "edit"], images["executorch", "edit"])
-    control = psnr(images["torch", 5], images["torch", 6])
-    print(f"PSNR executorch vs torch: generate {gen:.1f} dB, edit {edit:.1f} dB; other seed (control) {control:.1f}")
-    assert gen >= 40 and edit >= 40
-    assert control < 30  # the metric does see a different image
+    cli_images(model_dir, exported, "executorch", src, tmp_path, capsys)  # >= 40 dB for a generation and an edit
 
 
 # --------------------------------------------------------------------------------------------- errors

@@ -189,26 +189,34 @@ def test_pipeline_latents_match_pytorch(onnx_pipe, torch_pipe):
         assert diff < ATOL and a.abs().mean() > 0.1
 
 
+def cli_images(model_dir, exported, backend, src, tmp_path, capsys) -> dict:
+    """Through the CLI: torch images for seeds 5 and 6 and an edit of ``src``, and the same from ``backend``'s
+    export for seed 5 and the edit; keys (backend, seed) and (backend, "edit")."""
+    images = {}
+    for name, model, seeds in (("torch", model_dir, (5, 6)), (backend, exported, (5,))):
+        for seed in seeds:
+            out = tmp_path / f"{name}-{seed}.png"
+            code, _, err = run(["generate", "a green square", "-o", out, "--model", model, "--backend", name,
+                                "--seed", seed], capsys)
+            assert code == 0, err
+            images[name, seed] = np.asarray(Image.open(out))
+        out = tmp_path / f"{name}-edit.png"
+        code, _, err = run(["edit", src, "make it red", "-o", out, "--model", model, "--backend", name], capsys)
+        assert code == 0, err
+        images[name, "edit"] = np.asarray(Image.open(out))
+    gen, edit = psnr(images["torch", 5], images[backend, 5]), psnr(images["torch", "edit"], images[backend, "edit"])
+    control = psnr(images["torch", 5], images["torch", 6])
+    print(f"PSNR {backend} vs torch: generate {gen:.1f} dB, edit {edit:.1f} dB; other seed (control) {control:.1f} dB")
+    assert gen >= 40 and edit >= 40
+    assert control < 30  # the metric does see a different image
+    return images
+
+
 def test_cli_backend_onnx_images_match_pytorch(model_dir, exported, tmp_path, capsys):
     src = tmp_path / "src.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(src)
-    images = {}
-    for backend, model in (("torch", model_dir), ("onnx", exported)):
-        for seed in (5, 6):
-            out = tmp_path / f"{backend}-{seed}.png"
-            code, _, err = run(["generate", "a green square", "-o", out, "--model", model, "--backend", backend,
-                                "--seed", seed], capsys)
-            assert code == 0, err
-            images[backend, seed] = np.asarray(Image.open(out))
-        out = tmp_path / f"{backend}-edit.png"
-        code, _, err = run(["edit", src, "make it red", "-o", out, "--model", model, "--backend", backend], capsys)
-        assert code == 0, err
-        images[backend, "edit"] = np.asarray(Image.open(out))
-    gen, edit = psnr(images["torch", 5], images["onnx", 5]), psnr(images["torch", "edit"], images["onnx", "edit"])
+    images = cli_images(model_dir, exported, "onnx", src, tmp_path, capsys)
     control = psnr(images["torch", 5], images["torch", 6])
-    print(f"PSNR onnx vs torch: generate {gen:.1f} dB, edit {edit:.1f} dB; other seed (control) {control:.1f} dB")
-    assert gen >= 40 and edit >= 40
-    assert control < 30  # the metric does see a different image
     assert images["onnx", "edit"].shape == (24, 40, 3)  # resized back to the source, as the torch path
     out = tmp_path / "int8.png"
     code, _, err = run(["generate", "a green square", "-o", out, "--model", exported, "--backend", "onnx",

@@ -71,24 +71,14 @@ SHAPES_TINY_PLUS = Recipe(
 # bottleneck of the lowest level (BENCHMARKS.md, "A/B probe": preservation and binding are what v1 lacks). The new
 # transformers start as the identity (`grow_attention`), so training starts from v1's function. A fresh corpus
 # (new seeds, more samples) instead of v1's, which v0 and v1 had already seen ~8 times over.
-SHAPES_TINY_V2 = Recipe(
-    name="shapes-tiny-v2",
-    preset="tiny",
-    stages=(
-        StageConfig("joint-3", JOINT_HARD, steps=3000, lr=3e-4, batch_size=128, warmup_steps=100,
-                    min_lr_ratio=0.1),
-        StageConfig("sft-3", SFT, steps=500, lr=1.5e-4, batch_size=128, warmup_steps=20, min_lr_ratio=0.1),
-    ),
+SHAPES_TINY_V2 = replace(
+    SHAPES_TINY_PLUS, name="shapes-tiny-v2",
+    stages=(StageConfig("joint-3", JOINT_HARD, steps=3000, lr=3e-4, batch_size=128, warmup_steps=100,
+                        min_lr_ratio=0.1),
+            StageConfig("sft-3", SFT, steps=500, lr=1.5e-4, batch_size=128, warmup_steps=20, min_lr_ratio=0.1)),
     unet_overrides=dict(up_attention=("self+cross", "cross", "self+cross")),
-    init_from="runs/shapes-tiny-plus/model",
-    grow_attention=True,
-    vae_path="runs/shapes-tiny/vae",
-    vae=SHAPES_VAE,
-    corpus=CorpusConfig(n_t2i=100_000, n_edit=100_000, n_sft=20_000, image_size=64, seed=300_000),
-    eval=SHAPES_TINY.eval,
-    checkpoint_every=250,
-    model_dtype="float16",
-)
+    init_from="runs/shapes-tiny-plus/model", grow_attention=True,
+    corpus=CorpusConfig(n_t2i=100_000, n_edit=100_000, n_sft=20_000, image_size=64, seed=300_000))
 
 # A minutes-long smoke run of the same code path (CI-sized numbers).
 QUICK = Recipe(
