@@ -96,6 +96,27 @@ def test_grow_attention_refuses_other_changes(tmp_path):
         init_weights(_unet(ff_mult=2), tmp_path / "m", grow_attention=True)
 
 
+def test_drop_pooled_text_loads_everything_else(tmp_path):
+    base = _unet(pooled_text_embed=True)
+    base.save_pretrained(tmp_path / "m" / "unet")
+    dropped = _unet(pooled_text_embed=False)
+    with pytest.raises(ValueError, match=r"differs from the recipe's in \['pooled_text_embed'\]"):
+        init_weights(dropped, tmp_path / "m")  # dropping must be asked for
+    init_weights(dropped, tmp_path / "m", drop_pooled_text=True)
+    kept = dropped.state_dict()
+    gone = [k for k in base.state_dict() if k not in kept]
+    assert gone and all(k.startswith("pooled_text_proj.") for k in gone)
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in kept.items())
+    x, t, text, _, ids = _inputs()
+    mask = torch.ones(2, 5, dtype=torch.long)
+    with torch.no_grad():  # the pooled vector was in the path: without it the output changes
+        assert not torch.allclose(base(x, t, text, mask, ids), dropped(x, t, text, mask, ids), atol=1e-4)
+    grown = _unet(pooled_text_embed=False, up_attention=tuple(base.config.up_attention[:-1]) + ("self+cross",))
+    init_weights(grown, tmp_path / "m", grow_attention=True, drop_pooled_text=True)  # both changes at once
+    with pytest.raises(ValueError, match="drop_pooled_text needs a saved U-Net with pooled_text_embed"):
+        init_weights(_unet(pooled_text_embed=True), tmp_path / "m", drop_pooled_text=True)
+
+
 def test_recipe_with_init_from_starts_from_those_weights(tmp_path):
     base = _unet()
     with torch.no_grad():

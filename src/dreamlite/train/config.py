@@ -148,6 +148,9 @@ class Recipe:
     # with init_from: the recipe's network may add transformers at levels where init_from's has "none"; they
     # start as the identity (zero output projection), so the grown network computes what the old one did
     grow_attention: bool = False
+    # with init_from: init_from's U-Net has the pooled text path (pooled_text_embed) and the recipe's does not; its
+    # weights are dropped, so the words reach the network only through cross-attention (BENCHMARKS.md, v3)
+    drop_pooled_text: bool = False
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0

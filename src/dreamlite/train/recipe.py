@@ -88,13 +88,15 @@ def build_unet(recipe: Recipe, vae) -> MobileUNet:
                                                         "out_channels": channels}))
 
 
-def init_weights(unet: MobileUNet, folder: Path, grow_attention: bool = False) -> None:
+def init_weights(unet: MobileUNet, folder: Path, grow_attention: bool = False, drop_pooled_text: bool = False) -> None:
     """Load a pipeline folder's (or a bare U-Net folder's) weights into ``unet`` for fine-tuning; the saved config
     must describe the same network, so a mismatch is an error naming the differing fields, not a partial load.
 
     With ``grow_attention``, ``unet`` may have transformers at levels where the saved network has ``"none"``
     (net2net-style growth): every other weight loads exactly and each new transformer starts as the identity
-    (its ``proj_out`` is zero and it is residual), so the grown network's first output equals the old one's."""
+    (its ``proj_out`` is zero and it is residual), so the grown network's first output equals the old one's.
+    With ``drop_pooled_text``, the saved network has the pooled text path and ``unet`` has not: those weights
+    are left out (the one change that removes a path; the network then differs from its first output)."""
     from dreamlite.pipeline import load_unet
 
     unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
@@ -104,12 +106,18 @@ def init_weights(unet: MobileUNet, folder: Path, grow_attention: bool = False) -
     base = load_unet(unet_dir)  # the pipeline's loader: float16 storage and official folders included
     norm = lambda cfg: json.loads(json.dumps({k: v for k, v in dict(cfg).items() if not k.startswith("_")}))  # noqa: E731
     mine, theirs = norm(unet.config), norm(base.config)  # JSON-normalised: tuples and lists compare equal
+    if drop_pooled_text:
+        if not (theirs.get("pooled_text_embed") and not mine.get("pooled_text_embed")):
+            raise ValueError(f"init_from {folder}: drop_pooled_text needs a saved U-Net with pooled_text_embed "
+                             "and a recipe U-Net without it")
+        theirs["pooled_text_embed"] = False
     diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     grown = _grown_levels(mine, theirs) if grow_attention else None
     if diff and grown is None:
         hint = " (grow_attention only adds transformers where the saved network has 'none')" if grow_attention else ""
         raise ValueError(f"init_from {folder}: its U-Net differs from the recipe's in {diff}{hint}")
-    state = {k: v.float() for k, v in base.state_dict().items()}
+    state = {k: v.float() for k, v in base.state_dict().items()
+             if not (drop_pooled_text and k.startswith("pooled_text_proj."))}
     if not diff:
         unet.load_state_dict(state)
         return
@@ -173,7 +181,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, evalua
     uncond = tuple(t.cpu() for t in encoder.encode([""], unconditional=True))
     unet = build_unet(recipe, vae)
     if recipe.init_from and ckpt is None:
-        init_weights(unet, Path(recipe.init_from), recipe.grow_attention)
+        init_weights(unet, Path(recipe.init_from), recipe.grow_attention, recipe.drop_pooled_text)
     ema = EMA(unet, recipe.stages[0].ema_decay)
     state = LoopState()
     if ckpt is not None:  # weights and EMA now; optimizer/schedule/RNG inside the stage that was cut

@@ -80,6 +80,18 @@ SHAPES_TINY_V2 = replace(
     init_from="runs/shapes-tiny-plus/model", grow_attention=True,
     corpus=CorpusConfig(n_t2i=100_000, n_edit=100_000, n_sft=20_000, image_size=64, seed=300_000))
 
+# v3, on top of v2: the words reach the network only through cross-attention. v2 adds a pooled (masked-mean) text
+# vector to the time embedding, a global signal shared by every position: swapping it for another shape's prompt
+# makes v2 draw the *pooled* prompt's shape 30 % of the time (the tokens' shape 90 % -> 48 %), so the shape is
+# partly decided globally, which cannot give two objects two different shapes (BENCHMARKS.md, "v2 failure modes").
+# Same data as v2 (same corpus seed: a run folder can reuse v2's encoded corpus), 2,500 joint + 400 SFT steps.
+SHAPES_TINY_V3 = replace(
+    SHAPES_TINY_V2, name="shapes-tiny-v3",
+    stages=(replace(SHAPES_TINY_V2.stages[0], name="joint-4", steps=2500),
+            replace(SHAPES_TINY_V2.stages[1], name="sft-4", steps=400)),
+    unet_overrides=dict(SHAPES_TINY_V2.unet_overrides, pooled_text_embed=False),
+    init_from="runs/shapes-tiny-v2/model", grow_attention=False, drop_pooled_text=True)
+
 # A minutes-long smoke run of the same code path (CI-sized numbers).
 QUICK = Recipe(
     name="shapes-tiny-quick",
@@ -165,6 +177,7 @@ POST_QUICK = Recipe(
 )
 
 RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "shapes-tiny-v2": SHAPES_TINY_V2,
+           "shapes-tiny-v3": SHAPES_TINY_V3,
            "shapes-tiny-quick": QUICK,
            "shapes-tiny-post": SHAPES_TINY_POST, "shapes-tiny-post-quick": POST_QUICK,
            "shapes-tiny-v2-mobile": SHAPES_TINY_V2_MOBILE}
