@@ -1,0 +1,220 @@
+"""Where does binding fail? Three measurements behind the "binding" tags of GenEval-Shapes (two_object, position,
+color_attr), each ruling one part of the pipeline in or out:
+
+1. **Failure modes of a model's benchmark images** (a GenEval ``results.jsonl``): how many objects were drawn,
+   whether each named shape is present, whether both named colours are present, and how often the colours are
+   present but swapped between the shapes.
+2. **The VAE's ceiling**: GenEval-Shapes of ground-truth renders passed through the model's VAE (encode, decode).
+   If the VAE lost small shapes, no U-Net could score above this.
+3. **The text encoder**: does MiniLM's state at a noun carry *its own* colour? A linear probe per layer, trained on
+   three quarters of all "a photo of a C1 S1 and a C2 S2" prompts and tested on the rest: accuracy at predicting
+   C2 from the token state of S2, and how often it picks C1 (the other object's colour) instead.
+4. **Which U-Net path decides the shape** (only for a U-Net with ``pooled_text_embed``, whose masked-mean text
+   vector is added to the time embedding of every position): single-object prompts, 8 seeds per shape, sampled
+   as the model's default with the conditional rows' pooled vector (a) as is, (b) taken from the prompt of
+   another shape, (c) taken from the empty prompt; the detector says whether the drawn shape is the tokens' or
+   the pooled prompt's. A global vector can only say one shape for the whole image.
+
+    python benchmarks/binding_diagnosis.py --model checkpoints/dreamlite-tiny-shapes \
+        --results runs/fulleval-v2/geneval/results.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import json
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dreamlite.bench import geneval
+from dreamlite.shapes.geometry import SHAPES
+from dreamlite.shapes.scene import COLORS
+
+BINDING_TAGS = ("two_object", "position", "color_attr")
+
+
+def failure_modes(results: Path) -> dict[str, dict[str, float]]:
+    """Per binding tag: shares of images with 2 objects, each named shape present, both colours present, and
+    both shapes and colours present but bound the wrong way round."""
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    table = {}
+    for tag in BINDING_TAGS:
+        counts, n = collections.Counter(), 0
+        for row in (r for r in rows if r["tag"] == tag):
+            n += 1
+            want = json.loads(row["metadata"])["include"]
+            found = json.loads(row["details"])
+            classes = [d["class"] for d in found]
+            named = [w["class"] for w in want]
+            counts["correct"] += bool(row["correct"])
+            counts["two objects drawn"] += len(found) == 2
+            counts["first-named shape present"] += named[0] in classes
+            counts["second-named shape present"] += named[1] in classes
+            counts["both named shapes present"] += all(c in classes for c in named)
+            if tag == "color_attr":
+                colours = {w["color"] for w in want}
+                counts["both colours present"] += colours <= {d["color"] for d in found}
+                pairs = {(w["class"], w["color"]) for w in want}
+                counts["shapes and colours present, swapped"] += (
+                    all(c in classes for c in named) and colours <= {d["color"] for d in found}
+                    and not pairs <= {(d["class"], d["color"]) for d in found})
+        table[tag] = {k: v / n for k, v in counts.items()}
+    return table
+
+
+@torch.no_grad()
+def vae_ceiling(model: Path) -> dict[str, float]:
+    """GenEval-Shapes per tag of ground-truth renders after the model's VAE (and of the renders themselves)."""
+    from dreamlite.models import vae as vae_lib
+    from dreamlite.pipeline import DreamLitePipeline
+
+    vae = DreamLitePipeline.from_pretrained(model).vae
+    rows = geneval.load_metadata(geneval.default_metadata_path())
+    truth = geneval.ground_truth_fn(rows)
+
+    def through_vae(prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+        x = vae_lib.to_tensor(np.stack([np.asarray(im) for im in truth(prompts, seeds)]))  # [B, 3, H, W]
+        y = vae_lib.decode(vae, vae_lib.encode(vae, x))  # [B, 3, H, W] in [-1, 1]
+        return [Image.fromarray(a) for a in vae_lib.to_uint8(y)]
+
+    scores = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, fn in (("renders", truth), ("renders through the VAE", through_vae)):
+            summary = geneval.run(rows, Path(tmp) / name.replace(" ", "_"), fn)
+            scores[name] = {t.tag: t.correct / t.total for t in summary.tags}
+    return scores
+
+
+@torch.no_grad()
+def text_probe(seed: int = 0, epochs: int = 300) -> list[tuple[int, float, float]]:
+    """Per MiniLM layer: (layer, accuracy of the noun's own colour, share that picks the other object's colour)."""
+    from dreamlite.models.text import MiniLMTextEncoder
+
+    encoder = MiniLMTextEncoder.from_pretrained()
+    tok, model = encoder.tokenizer, encoder.model
+    rows = [(c1, s1, c2, s2) for c1, c2 in itertools.permutations(COLORS, 2)
+            for s1, s2 in itertools.permutations(SHAPES, 2)]
+    random.Random(seed).shuffle(rows)
+    batch = tok([f"a photo of a {c1} {s1} and a {c2} {s2}" for c1, s1, c2, s2 in rows], return_tensors="pt",
+                padding=True)
+    states = model(**batch, output_hidden_states=True).hidden_states  # layers + 1 of [N, L, D]
+    ids = batch["input_ids"]
+    # the last occurrence of the second noun's first word piece
+    noun2 = torch.tensor([max(i for i, t in enumerate(ids[n].tolist())
+                              if t == tok.convert_tokens_to_ids(tok.tokenize(r[3])[0]))
+                          for n, r in enumerate(rows)])
+    own = torch.tensor([COLORS.index(r[2]) for r in rows])
+    other = torch.tensor([COLORS.index(r[0]) for r in rows])
+    cut = len(rows) * 3 // 4
+    out = []
+    for layer, h in enumerate(states):
+        x = h[torch.arange(len(rows)), noun2]  # [N, D]
+        x = (x - x[:cut].mean(0)) / (x[:cut].std(0) + 1e-6)
+        with torch.enable_grad():
+            probe = torch.nn.Linear(x.shape[1], len(COLORS))
+            opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
+            for _ in range(epochs):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(probe(x[:cut]), own[:cut]).backward()
+                opt.step()
+        pred = probe(x[cut:]).argmax(-1)
+        out.append((layer, (pred == own[cut:]).float().mean().item(), (pred == other[cut:]).float().mean().item()))
+    return out
+
+
+@torch.no_grad()
+def pooled_swap(model: Path, per_shape: int = 8) -> dict[str, dict[str, float]]:
+    """Shares of images whose first detection is the tokens' shape, the pooled prompt's shape, or nothing."""
+    from dreamlite.pipeline import DreamLitePipeline
+    from dreamlite.shapes.detect import detect
+
+    pipe = DreamLitePipeline.from_pretrained(model)
+    unet = pipe.unet
+    if unet.pooled_text_proj is None:
+        raise SystemExit(f"{model}: its U-Net has no pooled text path (pooled_text_embed is off)")
+    tokens = [s for s in SHAPES for _ in range(per_shape)]
+    others = [SHAPES[(SHAPES.index(s) + 2) % len(SHAPES)] for s in tokens]
+    prompts = [f"a photo of a {s}" for s in tokens]
+
+    def masked_mean(text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # [N, D], as MobileUNet.embed
+        w = mask.to(text.dtype)
+        return (text * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp(min=1)
+
+    def pooled(texts: list[str]) -> torch.Tensor:
+        text, mask = pipe.text_encoder.encode(texts, task="generate")
+        return masked_mean(unet.encoder_hid_proj(text) if unet.encoder_hid_proj is not None else text, mask)
+
+    embed, override = unet.embed, {}
+
+    def swapped_embed(timestep, time_ids, text, mask, batch, dtype):
+        emb = embed(timestep, time_ids, text, mask, batch, dtype)
+        if "pooled" in override:
+            rows = slice(batch - len(prompts), batch)  # the conditional rows come last (sampling.velocity)
+            emb = emb.clone()
+            emb[rows] += (unet.pooled_text_proj(override["pooled"])
+                          - unet.pooled_text_proj(masked_mean(text[rows], mask[rows])))
+        return emb
+
+    unet.embed = swapped_embed
+    table = {}
+    for name, source in (("as is", None), ("another shape's prompt", [f"a photo of a {s}" for s in others]),
+                         ("the empty prompt", [""] * len(prompts))):
+        override.clear()
+        if source is not None:
+            override["pooled"] = pooled(source)
+        generators = [torch.Generator().manual_seed(1000 + i) for i in range(len(prompts))]
+        images = pipe(prompts, generator=generators, output_type="np", progress=False).images
+        first = [(detect(np.asarray(im)) or [None])[0] for im in images]
+        table[name] = {"tokens' shape": np.mean([d is not None and d.cls == s for d, s in zip(first, tokens)]),
+                       "pooled prompt's shape": np.mean([d is not None and d.cls == s for d, s in zip(first, others)]),
+                       "nothing": np.mean([d is None for d in first])}
+    unet.embed = embed
+    return table
+
+
+def has_pooled_text(model: Path) -> bool:
+    """Whether the model folder's U-Net adds a pooled text vector to its time embedding."""
+    folder = model / "unet" if (model / "unet" / "config.json").is_file() else model
+    return bool(json.loads((folder / "config.json").read_text()).get("pooled_text_embed"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="model folder whose VAE and U-Net paths are measured (skip: neither)")
+    ap.add_argument("--results", help="a GenEval results.jsonl of that model (skip: no failure modes)")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    if args.results:
+        modes = failure_modes(Path(args.results))
+        keys = sorted({k for row in modes.values() for k in row})
+        print("| share of images | " + " | ".join(BINDING_TAGS) + " |\n|---|" + "---:|" * len(BINDING_TAGS))
+        for k in keys:
+            print(f"| {k} | " + " | ".join(f"{modes[t][k]:.2f}" if k in modes[t] else "-" for t in BINDING_TAGS)
+                  + " |")
+    if args.model:
+        ceiling = vae_ceiling(Path(args.model))
+        tags = list(next(iter(ceiling.values())))
+        print("\n| GenEval-Shapes | " + " | ".join(tags) + " | overall |\n|---|" + "---:|" * (len(tags) + 1))
+        for name, s in ceiling.items():
+            print(f"| {name} | " + " | ".join(f"{s[t]:.3f}" for t in tags) + f" | {np.mean(list(s.values())):.3f} |")
+        if has_pooled_text(Path(args.model)):
+            swap = pooled_swap(Path(args.model))
+            cols = list(next(iter(swap.values())))
+            print("\n| pooled text vector of the conditional rows | " + " | ".join(cols) + " |\n|---|"
+                  + "---:|" * len(cols))
+            for name, row in swap.items():
+                print(f"| {name} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + " |")
+    print("\n| MiniLM layer | noun -> own colour | -> other object's colour |\n|---:|---:|---:|")
+    for layer, acc, other in text_probe():
+        print(f"| {layer} | {acc:.3f} | {other:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
