@@ -93,7 +93,8 @@ def test_bad_source_images(case, message, model_dir, tmp_path, capsys):
     (["--steps", "0"], "--steps must be a positive integer"),
     (["--guidance", "-1"], "--guidance must be >= 0"),
     (["--width", "40"], "multiples of 16"),
-    (["--int8"], "--int8 selects the quantised files of an ONNX export"),
+    (["--int8"], "--int8 selects the quantised files of an exported folder; use it with --backend onnx or executorch"),
+    (["--int4"], "use it with --backend onnx"),
 ])
 def test_bad_sampling_arguments(extra, message, model_dir, tmp_path, capsys):
     out = tmp_path / "o.png"

@@ -60,10 +60,10 @@ def _load_pipeline(args: argparse.Namespace):
 
     _check_backend(args)
     backend = getattr(args, "backend", "torch")
-    # executorch answers --int8 itself (why its int8 programs do not exist); every other mismatch is ours
-    for flag in ("int8", "int4"):
-        if getattr(args, flag, False) and backend != "onnx" and (backend, flag) != ("executorch", "int8"):
-            raise UserError(f"--{flag} selects the quantised files of an ONNX export; use it with --backend onnx")
+    for flag, backends in (("int8", ("onnx", "executorch")), ("int4", ("onnx",))):
+        if getattr(args, flag, False) and backend not in backends:
+            raise UserError(f"--{flag} selects the quantised files of an exported folder; use it with --backend "
+                            + " or ".join(backends))
     if backend == "onnx":
         from dreamlite.export.onnx import load_onnx_pipeline
         if not args.model:
@@ -226,6 +226,13 @@ def _add_eval_source(p: argparse.ArgumentParser, what: str) -> None:
 EXPORT_BACKENDS = ("onnx", "executorch", "coreml")
 
 
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"{flag} must be comma-separated integers such as 1,2,3, got {text!r}") from None
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     if args.backend not in EXPORT_BACKENDS:
         raise UserError(f"unknown export backend {args.backend!r}; available: {', '.join(EXPORT_BACKENDS)}")
@@ -239,12 +246,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     elif args.backend == "executorch":
         from dreamlite.export.executorch import export_executorch as export
         if args.int4:
-            raise UserError("--int4 is not available for ExecuTorch (XNNPACK programs are fp32 here); use "
-                            "`export onnx --int4`")
+            raise UserError("--int4 is not available for ExecuTorch (its XNNPACK programs are fp32 or, with "
+                            "--int8, int8); use `export onnx --int4`")
     else:
         from dreamlite.export.onnx import export_onnx as export
     model = Path(args.model) if args.model else default_model()
-    kwargs = {"onnx": {"int8": args.int8, "int4": args.int4}, "executorch": {"int8": args.int8}}.get(args.backend, {})
+    kwargs = {"onnx": {"int8": args.int8, "int4": args.int4},
+              "executorch": {"int8": args.int8, "int8_batches": _int_list(args.int8_batches, "--int8-batches")},
+              }.get(args.backend, {})
     r = export(model, args.out, resolution=args.resolution, variant=args.variant, **kwargs)
     print(f"wrote {r.path} in {r.seconds:.0f} s")
     for name, size in r.files.items():
@@ -287,7 +296,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, edit: bool) -> None:
     p.add_argument("--guidance", type=float, help="text guidance scale (1 = off)")
     p.add_argument("--backend", default="torch", help="torch (a model folder), onnx or executorch (an exported folder)")
     p.add_argument("--int8", action="store_true",
-                   help="with --backend onnx: run the int8 U-Net and text encoder")
+                   help="with --backend onnx or executorch: run the int8 U-Net and text encoder")
     p.add_argument("--int4", action="store_true",
                    help="with --backend onnx: run the 4-bit U-Net and text encoder (an export made with --int4)")
     p.add_argument("--width", type=int, help="output width in px (default: the model's resolution"
@@ -385,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="also write int8 (dynamic) U-Net and text encoder")
     p.add_argument("--int4", action="store_true",
                    help="onnx: also write 4-bit (block-wise MatMulNBits) U-Net and text encoder")
+    p.add_argument("--int8-batches", default="1,2,3",
+                   help="executorch --int8: the fixed batch sizes of the int8 programs (default 1,2,3: the CFG rows "
+                        "of one image; 1 is enough for the guidance-free mobile variant)")
     p.add_argument("--variant", choices=["base", "mobile"], help="U-Net variant (default: the model's default)")
     p.set_defaults(func=cmd_export)
 

@@ -1,13 +1,16 @@
-"""ExecuTorch export (XNNPACK) and the ``--backend executorch`` runtime: same numbers as PyTorch, clean
-failures, and ``--int8`` refused with its reason.
+"""ExecuTorch export (XNNPACK) and the ``--backend executorch`` runtime: same numbers as PyTorch, int8 programs
+close to fp32 at every batch size, clean failures.
 
 The tiny pipeline of ``test_onnx.py`` (32 px, 4x VAE, a shrunk ``tiny`` U-Net, MiniLM) is exported once
-through the CLI; the tests compare the U-Net program and whole CLI generations and edits against the
-PyTorch pipeline.
+through the CLI with ``--int8``; the tests compare the U-Net program and whole CLI generations and edits against
+the PyTorch pipeline, and the int8 programs against the fp32 ones.
 """
 
 from __future__ import annotations
 
+
+import json
+import shutil
 
 import numpy as np
 import pytest
@@ -17,15 +20,16 @@ from PIL import Image
 import executorch.runtime  # noqa: E402,F401  [dev] installs it: a missing runtime fails here, never skips
 
 from dreamlite.export.executorch import (  # noqa: E402
-    FILES, INT8_UNAVAILABLE, MAX_BATCH, TEXT_LEN, PteSession, load_executorch_pipeline, read_manifest,
+    FILES, INT8_BATCHES, INT8_FILES, MAX_BATCH, TEXT_LEN, PteSession, load_executorch_pipeline, read_manifest,
 )
 from dreamlite.export.onnx import MANIFEST_NAME, OnnxUNet  # noqa: E402
 from test_onnx import (  # noqa: E402  the tiny model, inputs and helpers of the ONNX tests
-    _unet_inputs, cli_images, encoder, model_dir, no_artefacts, one_line_error, run, torch_pipe,
+    _unet_inputs, cli_images, encoder, model_dir, no_artefacts, one_line_error, psnr, run, torch_pipe,
 )
 
 __all__ = ["encoder", "model_dir", "torch_pipe"]  # module-scoped fixtures shared with test_onnx.py
 ATOL = 1e-4
+BATCHES = [1, 2]  # int8 programs of the fixture (the default adds 3; each U-Net program takes ~2.5 min to lower)
 
 
 def _manifest(folder):
@@ -37,7 +41,8 @@ def _manifest(folder):
 @pytest.fixture(scope="module")
 def exported(model_dir):
     out = model_dir.parent / "executorch"
-    assert main_ok(["export", "executorch", "--model", str(model_dir), "--out", str(out)])
+    assert main_ok(["export", "executorch", "--model", str(model_dir), "--out", str(out), "--int8",
+                    "--int8-batches", ",".join(map(str, BATCHES))])
     return out
 
 
@@ -55,9 +60,17 @@ def _unet(folder):
 def test_export_writes_programs_and_a_manifest(exported):
     m = _manifest(exported)
     assert m["delegate"] == "xnnpack" and m["latent"]["canvas"] == [4, 8, 16]
-    assert set(m["files"]) == set(FILES)
+    assert set(m["files"]) == set(FILES) | {f"{name}_int8" for name in INT8_FILES}
     for name, file in FILES.items():
         assert m["files"][name] == {"path": file, "bytes": (exported / file).stat().st_size}
+    for name, folder in INT8_FILES.items():  # one fixed-batch program per size
+        programs = sorted(p.name for p in (exported / folder).iterdir())
+        assert programs == [f"b{n}.pte" for n in BATCHES]
+        size = sum((exported / folder / p).stat().st_size for p in programs)
+        assert m["files"][f"{name}_int8"] == {"path": folder, "batches": BATCHES, "bytes": size}
+        assert m["io"][f"{name}_int8"]["attention_mask" if name == "text_encoder" else "sample"]["shape"][0] == {
+            "name": "batch", "sizes": BATCHES}
+    assert list(INT8_BATCHES) == [1, 2, 3]  # the CLI's default: the CFG rows of one image
     shape = m["io"]["unet"]["encoder_hidden_states"]["shape"]
     assert shape[0] == {"name": "batch", "min": 1, "max": MAX_BATCH}
     assert shape[1] == {"name": "text_len", "pad_to": TEXT_LEN} and shape[2] == 384  # padded, not dynamic
@@ -81,15 +94,76 @@ def test_unet_program_matches_pytorch(exported, torch_pipe, B, L):
         unet(x[..., :8], t, text, mask, ids)
 
 
-def test_int8_is_refused_with_its_reason(model_dir, exported, tmp_path, capsys):
-    code, _, err = run(["export", "executorch", "--model", model_dir, "--out", tmp_path / "et", "--int8"], capsys)
-    assert code == 2
-    one_line_error(err, "dependency cycles", "export onnx --int8")
-    no_artefacts(tmp_path, "et")
-    code, _, err = run(["generate", "a", "-o", tmp_path / "a.png", "--model", exported, "--backend", "executorch",
-                        "--int8"], capsys)
-    assert code == 2 and not (tmp_path / "a.png").exists()
-    one_line_error(err, INT8_UNAVAILABLE.split(":")[0])
+# --------------------------------------------------------------------------------------------- int8
+@pytest.mark.parametrize("B", [1, 2, 5])  # one program each; 2 + 2 + 1 chunks
+def test_int8_unet_programs_are_smaller_and_close(exported, B):
+    fp32, int8 = load_executorch_pipeline(exported), load_executorch_pipeline(exported, int8=["unet"])
+    x, t, text, mask, ids = _unet_inputs(B, 6, seed=B)
+    ref, out = fp32.unet(x, t, text, mask, ids), int8.unet(x, t, text, mask, ids)
+    rel = ((out - ref).norm() / ref.norm()).item()
+    m = _manifest(exported)["files"]
+    one = (exported / INT8_FILES["unet"] / "b1.pte").stat().st_size
+    print(f"int8 U-Net B={B}: relative error {rel:.4f}; one program {one / 1e6:.2f} MB vs fp32 "
+          f"{m['unet']['bytes'] / 1e6:.2f} MB")
+    assert out.shape == ref.shape and 1e-5 < rel < 0.03  # quantized, and close
+    assert one < 0.8 * m["unet"]["bytes"]
+    assert [rows for _, rows, _ in int8.unet.session.chunks(B)] == {1: [1], 2: [2], 5: [2, 2, 1]}[B]
+    assert torch.equal(int8.text_encoder.encode(["a star"])[0], fp32.text_encoder.encode(["a star"])[0])
+
+
+def test_int8_text_encoder_programs_are_smaller_and_close(exported):
+    fp32, int8 = load_executorch_pipeline(exported), load_executorch_pipeline(exported, int8=True)
+    prompts = ["a red circle to the left of a blue star", "[x] three yellow triangles", "", "a heart", "two stars"]
+    h_ref, mask = fp32.text_encoder.encode(prompts)
+    h, mask_q = int8.text_encoder.encode(prompts)  # 5 prompts: chunks of 2, 2 and 1
+    keep = mask.bool()
+    rel = ((h - h_ref).norm() / h_ref.norm()).item()
+    cos = torch.nn.functional.cosine_similarity(h[keep], h_ref[keep], dim=-1).min().item()
+    m = _manifest(exported)["files"]
+    one = (exported / INT8_FILES["text_encoder"] / "b1.pte").stat().st_size
+    print(f"int8 MiniLM: relative error {rel:.4f}, min token cosine {cos:.4f}; one program {one / 1e6:.2f} MB vs "
+          f"fp32 {m['text_encoder']['bytes'] / 1e6:.2f} MB")
+    assert torch.equal(mask, mask_q) and 1e-5 < rel < 0.25 and cos > 0.9
+    assert one < 0.8 * m["text_encoder"]["bytes"]
+
+
+def test_cli_int8_generation_draws_the_same_image(model_dir, exported, tmp_path, capsys):
+    images = {}
+    for name, extra in (("torch", ["--model", model_dir]), ("other", ["--model", model_dir, "--seed", 6]),
+                        ("int8", ["--model", exported, "--backend", "executorch", "--int8"])):
+        out = tmp_path / f"{name}.png"
+        code, _, err = run(["generate", "a green square", "-o", out, "--seed", 5, *extra], capsys)
+        assert code == 0, err
+        images[name] = np.asarray(Image.open(out))
+    control = psnr(images["torch"], images["other"])
+    assert psnr(images["torch"], images["int8"]) > control + 5  # the same image up to quantisation
+
+
+def test_int8_needs_its_programs(model_dir, exported, tmp_path, capsys):
+    fp32_only = tmp_path / "fp32"  # as written without --int8 (a second export would take minutes)
+    shutil.copytree(exported, fp32_only)
+    manifest = json.loads((fp32_only / MANIFEST_NAME).read_text())
+    for name, folder in INT8_FILES.items():
+        shutil.rmtree(fp32_only / folder)
+        del manifest["files"][f"{name}_int8"], manifest["io"][f"{name}_int8"]
+    (fp32_only / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert load_executorch_pipeline(fp32_only).unet.session.path.name == "unet.pte"
+    with pytest.raises(ValueError, match="has no int8 files; export with --int8"):
+        load_executorch_pipeline(fp32_only, int8=["unet"])
+    with pytest.raises(ValueError, match="int8 components must be among"):
+        load_executorch_pipeline(exported, int8=["vae_decoder"])
+    broken = tmp_path / "broken"
+    shutil.copytree(exported, broken)
+    (broken / INT8_FILES["unet"] / "b2.pte").unlink()
+    with pytest.raises(ValueError, match=r"lacks the programs for batch \[2\]"):
+        load_executorch_pipeline(broken, int8=True)
+    for flags, needle in ((["--int4"], "--int4 is not available for ExecuTorch"),
+                          (["--int8", "--int8-batches", "2,3"], "must be positive and include 1"),
+                          (["--int8", "--int8-batches", "1,x"], "--int8-batches must be comma-separated integers")):
+        code, _, err = run(["export", "executorch", "--model", model_dir, "--out", tmp_path / "et4", *flags], capsys)
+        assert code == 2
+        one_line_error(err, needle)
+        no_artefacts(tmp_path, "et4")
 
 
 def test_cli_backend_executorch_images_match_pytorch(model_dir, exported, tmp_path, capsys):

@@ -554,7 +554,7 @@ def read_manifest(folder: str | Path, *, fmt: str = FORMAT, version: int = FORMA
         raise ExportError(f"{path} has format version {manifest.get('format_version')}; this dreamlite reads "
                           f"version {version} (export again)")
     for entry in manifest["files"].values():
-        if not (folder / entry["path"]).is_file():
+        if not (folder / entry["path"]).exists():  # a file, or a folder of fixed-batch programs (ExecuTorch int8)
             raise FileNotFoundError(f"{folder} lacks {entry['path']}, which its manifest lists")
     return manifest
 
