@@ -133,18 +133,26 @@ def _int8_linear(module: nn.Module, args: tuple[Tensor, ...]) -> nn.Module:
         return move_exported_model_to_eval(convert_pt2e(prepared))
 
 
+def int8_batch_sizes(batches: Sequence[int]) -> list[int]:
+    """The sorted, distinct fixed batch sizes of int8 programs; they must include 1 (any batch runs as chunks)."""
+    sizes = sorted({int(n) for n in batches})
+    if not sizes or sizes[0] != 1:  # sorted: the smallest must be 1
+        raise ExportError(f"int8 batch sizes must be positive and include 1 (any batch is run as chunks of them), "
+                          f"got {list(batches)}")
+    return sizes
+
+
 def export_int8_programs(module: nn.Module, make_args: Callable[[int], tuple[Tensor, ...]], names: Sequence[str],
                          folder: Path, padded: Sequence[str] = (), batches: Sequence[int] = INT8_BATCHES) -> dict:
     """``folder/b{n}.pte`` for n in ``batches``: ``module`` with int8 Linear layers at a fixed batch of n (a
     dynamic batch does not lower, see the module docstring). The spec's batch axis lists the sizes."""
-    if 1 not in batches:
-        raise ExportError(f"the int8 batch sizes must include 1 (any batch is run as chunks), got {list(batches)}")
+    batches = int8_batch_sizes(batches)
     folder.mkdir()
-    for n in sorted(batches):
+    for n in batches:
         args = make_args(n)
         spec = export_program(_int8_linear(module, args), args, names, {}, folder / f"b{n}.pte", padded)
     for entry in spec.values():
-        entry["shape"][0] = {"name": "batch", "sizes": sorted(batches)}
+        entry["shape"][0] = {"name": "batch", "sizes": batches}
     return spec
 
 
@@ -228,10 +236,7 @@ def export_executorch(model: str | Path, out: str | Path, *, resolution: str | i
     hold 1; e.g. ``(1,)`` for a guidance-free mobile model, which never runs more rows per image). ``out``
     appears complete or not at all.
     """
-    batches = sorted({int(n) for n in int8_batches})
-    if int8 and (not batches or batches[0] < 1 or 1 not in batches):
-        raise ExportError(f"int8 batch sizes must be positive and include 1 (any batch is run as chunks of "
-                          f"them), got {list(int8_batches)}")
+    batches = int8_batch_sizes(int8_batches)  # before any work: a bad list fails in a second, not after minutes
     _executorch_available()
     start = time.perf_counter()
     out, model = Path(out), Path(model)
