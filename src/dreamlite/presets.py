@@ -25,8 +25,8 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     # Shapes world: MiniLM text (384), 4-channel latents. Same block types as the paper's network; the
     # lowest level keeps self-attention (relations such as "left of" need global mixing), the pooled
     # sentence embedding gives the small model a global summary of the prompt. That summary helps single objects
-    # early but decides shapes globally, which hurts two-object prompts; the shipped model drops it in its last
-    # fine-tune (recipe shapes-tiny-v3, BENCHMARKS.md "v2 failure modes"). The preset keeps it so that the
+    # early but decides shapes globally, which hurts two-object prompts; the shipped model drops it from
+    # recipe shapes-tiny-v3 on (BENCHMARKS.md "v2 failure modes"). The preset keeps it so that the
     # recipes that start from it reproduce what was run.
     "tiny": MappingProxyType(dict(
         in_channels=4, out_channels=4,
