@@ -21,7 +21,8 @@ STAGE_KINDS = ("flow", "rl", "distill")
 
 @dataclass(frozen=True)
 class DataMix:
-    """What a stage trains on: task weights, and per-tag / per-edit-type weights (empty = uniform)."""
+    """What a stage trains on: task weights, and per-tag / per-edit-type weights. Empty = uniform; non-empty = only
+    the named categories are drawn (an unnamed tag or edit type gets weight 0, so name every category to keep it)."""
 
     t2i: float = 1.0
     edit: float = 0.0

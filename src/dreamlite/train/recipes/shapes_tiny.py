@@ -46,6 +46,8 @@ SHAPES_TINY = Recipe(
 # `dreamlite train --recipe shapes-tiny`): more joint training, weighted towards the tags and edit types the base
 # scores worst on (runs/shapes-tiny/stages.md: position, colour attribution, two objects, counting; add, replace,
 # move, count), then SFT again; both stages anneal their LR (cosine to 10 %). Same network, VAE and corpus.
+# (Unnamed categories get weight 0: these joint stages draw only the named tags / edit types; v4's JOINT_BIND
+# names every one.)
 JOINT_HARD = DataMix(t2i=0.5, edit=0.5,
                      tag_weights={"position": 2.0, "color_attr": 2.0, "two_object": 1.5, "counting": 1.5},
                      edit_weights={"add": 1.5, "replace": 1.5, "move": 2.0, "count": 2.0})
@@ -177,6 +179,8 @@ SHAPES_TINY_V2_MOBILE = replace(
 SHAPES_TINY_V3_MOBILE = replace(
     SHAPES_TINY_V2_MOBILE, name="shapes-tiny-v3-mobile",
     unet_overrides=SHAPES_TINY_V3.unet_overrides, init_from="runs/shapes-tiny-v3/model")
+SHAPES_TINY_V4_MOBILE = replace(SHAPES_TINY_V3_MOBILE, name="shapes-tiny-v4-mobile",
+                                init_from="runs/shapes-tiny-v4/model")
 
 # CI-sized: the same stage kinds and real rewards, a tiny random network, 2 RL iterations and 2 distill rounds.
 POST_QUICK = Recipe(
@@ -201,7 +205,8 @@ RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "sh
            "shapes-tiny-v3": SHAPES_TINY_V3, "shapes-tiny-v4": SHAPES_TINY_V4,
            "shapes-tiny-quick": QUICK,
            "shapes-tiny-post": SHAPES_TINY_POST, "shapes-tiny-post-quick": POST_QUICK,
-           "shapes-tiny-v2-mobile": SHAPES_TINY_V2_MOBILE, "shapes-tiny-v3-mobile": SHAPES_TINY_V3_MOBILE}
+           "shapes-tiny-v2-mobile": SHAPES_TINY_V2_MOBILE, "shapes-tiny-v3-mobile": SHAPES_TINY_V3_MOBILE,
+           "shapes-tiny-v4-mobile": SHAPES_TINY_V4_MOBILE}
 
 
 def ablation(arm: str, total_steps: int = 1500, batch_size: int = 128) -> Recipe:
