@@ -175,7 +175,7 @@ SHAPES_TINY_V2_MOBILE = replace(
     SHAPES_TINY_POST, name="shapes-tiny-v2-mobile", stages=SHAPES_TINY_POST.stages[1:],
     unet_overrides=SHAPES_TINY_V2.unet_overrides, init_from="runs/shapes-tiny-v2/model")
 
-# The mobile variant of v3 (the shipped base): the same distillation schedule, from the v3 base.
+# The mobile variants of v3 and v4 (v4 is the shipped base): the same distillation schedule, from each base.
 SHAPES_TINY_V3_MOBILE = replace(
     SHAPES_TINY_V2_MOBILE, name="shapes-tiny-v3-mobile",
     unet_overrides=SHAPES_TINY_V3.unet_overrides, init_from="runs/shapes-tiny-v3/model")
