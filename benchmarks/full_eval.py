@@ -1,0 +1,52 @@
+"""The full benchmarks of one model folder: all 600 GenEval-Shapes prompts (one image each) and all 240
+ImgEdit-Shapes edits, sampled as the chosen variant's defaults (base: 20 steps, guidance 3.0 / 1.5; mobile: 4 steps,
+no guidance), unless ``--steps`` / ``--guidance`` / ``--image-guidance`` say otherwise. The same seeds every run, so
+two models (or two settings) differ only by the model. Prints one row of scores per tag / edit type and the seconds
+taken, and writes ``scores.json`` beside the benchmark folders (``OUT/geneval``, ``OUT/imgedit``).
+
+    python benchmarks/full_eval.py checkpoints/dreamlite-tiny-shapes runs/fulleval-base
+    python benchmarks/full_eval.py checkpoints/dreamlite-tiny-shapes runs/fulleval-mobile --variant mobile
+    python benchmarks/binding_diagnosis.py --results runs/fulleval-base/geneval/results.jsonl   # failure modes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dreamlite.pipeline import DreamLitePipeline
+from dreamlite.train.evaluate import evaluate_pipeline
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", type=Path, help="model folder (dreamlite.json, unet/, vae/, ...)")
+    ap.add_argument("out", type=Path, help="output folder (created; existing benchmark folders are replaced)")
+    ap.add_argument("--variant", choices=("base", "mobile"), default=None, help="default: the model's default")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--guidance", type=float, default=None, help="text guidance scale")
+    ap.add_argument("--image-guidance", type=float, default=None, help="source-image guidance scale (edits)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    pipe = DreamLitePipeline.from_pretrained(args.model, variant=args.variant)
+    call = {k: v for k, v in dict(num_inference_steps=args.steps, guidance_scale=args.guidance,
+                                  image_guidance_scale=args.image_guidance).items() if v is not None}
+    t0 = time.perf_counter()
+    scores = evaluate_pipeline(pipe, args.out, None, None, **call)
+    seconds = time.perf_counter() - t0
+    scores["seconds"] = seconds
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scores.json").write_text(json.dumps(scores, indent=1) + "\n")
+    head = ("geneval", "imgedit_success", "imgedit_preservation")
+    print(" | ".join(f"{k} {scores[k]:.3f}" for k in head), f"| {seconds:.1f} s")
+    for prefix in ("geneval/", "imgedit/"):
+        print("  " + "  ".join(f"{k[len(prefix):]} {v:.2f}" for k, v in scores.items() if k.startswith(prefix)))
+
+
+if __name__ == "__main__":
+    main()
