@@ -170,6 +170,13 @@ def executorch_runner(c: Components, folder: Path, int8: bool) -> Runner:
     return session_runner(c, unet, text, decoder, build)
 
 
+def artefact_sizes(c: Components, folder: Path) -> list[tuple[str, str, str, int]]:
+    """(model, image, file, bytes) of every file the export backends wrote under ``folder``."""
+    image = f"{c.image_wh[0]}x{c.image_wh[1]}"
+    return [(c.name, image, str(p.relative_to(folder)), p.stat().st_size)
+            for p in sorted(folder.rglob("*")) if p.is_file()]
+
+
 def end_to_end(c: Components, r: Runner, steps: int) -> Callable[[], torch.Tensor]:
     h, w = c.latent_hw
     sigmas = make_sigmas(steps, h, w)
@@ -229,7 +236,7 @@ def main() -> None:
         raise SystemExit(f"unknown backend(s) {sorted(unknown)}; choose from {', '.join(BACKENDS)}")
     peak = matmul_peak_gflops()
     print(f"fp32 matmul peak on {args.threads} threads: {peak:.1f} GFLOP/s", flush=True)
-    rows = []
+    rows, artefacts = [], []
     for name in args.models.split(","):
         sizes = [None] if name == "shipped" else [int(s) for s in args.resolutions.split(",")]
         for size in sizes:
@@ -252,12 +259,16 @@ def main() -> None:
                     print("  {:<16} {:8.3f} s/step x{:.2f}  {:7.1f} GFLOP/s ({:.0%} of peak)  4-step e2e "
                           "{:8.3f} s x{:.2f}  (build+first call {:.1f} s)".format(backend, *rows[-1][4:]),
                           flush=True)
+                artefacts += artefact_sizes(c, Path(tmp))
             del c
     table = ["| model | image | backend | GFLOPs/step | s/step | vs eager | GFLOP/s | of peak | "
              f"{args.steps}-step e2e s | vs eager | export/compile + first call s |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     table += ["| {} | {} | {} | {:.1f} | {:.3f} | {:.2f}x | {:.1f} | {:.0%} | {:.3f} | {:.2f}x | {:.1f} |".format(*r)
               for r in rows]
+    if artefacts:
+        table += ["", "| model | image | exported file | MB |", "|---|---|---|---:|"]
+        table += [f"| {n} | {img} | {f} | {b / 1e6:.1f} |" for n, img, f, b in artefacts]
     text = "\n".join(table)
     print(text)
     if args.record:
