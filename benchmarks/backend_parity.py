@@ -27,14 +27,9 @@ from PIL import Image
 
 from dreamlite.bench import geneval, imgedit
 from dreamlite.export.onnx import MANIFEST_NAME
+from dreamlite.imageio import psnr
 from dreamlite.pipeline import DreamLitePipeline
 from dreamlite.train.evaluate import evaluate_pipeline, model_fns, stratified
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images (inf when identical)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 def sample_images(pipe, n_gen: int, n_edit: int) -> tuple[list, list]:

@@ -75,6 +75,12 @@ def tensor_to_uint8(x: Tensor) -> np.ndarray:
     return (x.float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
 
 
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 images (0..255) of the same shape; inf when they are identical."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
 def save_image(img: Image.Image, path: str | Path) -> Path:
     """Write atomically: a temp file in the same folder, then rename; never a half-written image."""
     path = Path(path)

@@ -23,8 +23,9 @@ from dreamlite.export.executorch import (  # noqa: E402
     FILES, INT8_BATCHES, INT8_FILES, MAX_BATCH, TEXT_LEN, PteSession, load_executorch_pipeline, read_manifest,
 )
 from dreamlite.export.onnx import MANIFEST_NAME, OnnxUNet  # noqa: E402
+from dreamlite.imageio import psnr  # noqa: E402
 from test_onnx import (  # noqa: E402  the tiny model, inputs and helpers of the ONNX tests
-    _unet_inputs, cli_images, encoder, model_dir, no_artefacts, one_line_error, psnr, run, torch_pipe,
+    _unet_inputs, cli_images, encoder, model_dir, no_artefacts, one_line_error, run, torch_pipe,
 )
 
 __all__ = ["encoder", "model_dir", "torch_pipe"]  # module-scoped fixtures shared with test_onnx.py

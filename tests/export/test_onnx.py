@@ -20,6 +20,7 @@ from dreamlite.cli import main
 from dreamlite.export.onnx import (
     FILES, MANIFEST_NAME, QUANT_FILES, OnnxUNet, export_onnx, load_onnx_pipeline, make_session, read_manifest,
 )
+from dreamlite.imageio import psnr
 from dreamlite.models.text import MiniLMTextEncoder
 from dreamlite.models.vae import VAEConfig, decode, encode, make_vae
 from dreamlite.pipeline import DreamLitePipeline, PipelineDefaults, VariantDefaults
@@ -28,11 +29,6 @@ from dreamlite.prompts import MINILM_FORMAT
 UNET = dict(block_out_channels=(32, 64, 96), num_attention_heads=(1, 2, 3), cross_attention_dim=64,
             time_embed_dim=64, size_embed_dim=8, norm_num_groups=16)
 ATOL = 1e-4
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
 
 
 def run(args, capsys):
