@@ -161,6 +161,43 @@ def test_sigkill_inside_rl_and_distill_stages_then_resume_matches_uninterrupted(
     assert (full / "stages" / "distill" / "base.safetensors").is_file()
 
 
+# ------------------------------------------------------------------------------------ the collapse guard
+def test_drift_guard_stops_rl_and_restores_the_last_healthy_watch(tmp_path):
+    """max_drift below any real drift: the watch at iteration 0 (policy = reference, drift 0) is healthy, the one
+    at iteration 2 is not, so the stage ends there with the iteration-0 weights, once, also across a resume."""
+    from synthetic_run import make_pool as pool, register_fake_reward
+    from dreamlite.train.recipe import Components, run_recipe
+
+    register_fake_reward()
+    base = post_recipe()
+    rl = replace(base.stages[1], rl=replace(base.stages[1].rl, max_drift=1e-12))
+    recipe = replace(base, stages=(base.stages[0], rl))
+    comps = Components(vae=tiny_vae(), encoder=FakeEncoder(),
+                       pools={"t2i": pool("t2i", 64, 1), "edit": pool("edit", 64, 2)})
+    run = tmp_path / "run"
+    torch.set_num_threads(1)
+    run_recipe(recipe, run, evaluate=False, components=comps)
+    note = json.loads((run / "stages" / "rl" / "stopped.json").read_text())
+    assert note["stopped_at_iteration"] == 2 and note["restored_iteration"] == 0 and note["drift"] > 1e-12
+    watch = [json.loads(x) for x in (run / "rl_watch.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in watch] == [0, 2] and watch[0]["drift"] == 0.0
+    rows = [json.loads(x) for x in (run / "loss.jsonl").read_text().splitlines()]
+    assert sum(r["stage"] == "rl" for r in rows) == 2  # iterations 0 and 1 ran, then the guard fired
+    ckpt = latest_checkpoint(run)
+    state = json.loads((ckpt / "state.json").read_text())
+    assert (state["stage_index"], state["step"], state["global_step"]) == (1, 6, 3 + 6)
+    reference = load_file(str(run / "stages" / "rl" / "reference.safetensors"))
+    weights = load_file(str(ckpt / "unet" / "diffusion_pytorch_model.safetensors"))
+    ema = load_file(str(ckpt / "ema.safetensors"))
+    assert reference.keys() == weights.keys()
+    assert all(torch.equal(weights[k], v) and torch.equal(ema[k], v.float()) for k, v in reference.items())
+    run_recipe(recipe, run, resume=True, evaluate=False, components=comps)  # the stage is done: nothing more runs
+    again = [json.loads(x) for x in (run / "loss.jsonl").read_text().splitlines()]
+    assert again == rows and latest_checkpoint(run) == ckpt
+    with pytest.raises(ValueError, match="max_drift must be >= 0 and needs the watch"):
+        RLStageConfig(max_drift=1.0, watch_every=0)
+
+
 # ------------------------------------------------------------------------------- real rewards end to end
 def test_post_quick_runs_real_rewards_and_saves_both_variants(tmp_path):
     """shapes-tiny-post-quick on a tiny random model: the Shapes detector scores the rollouts and the watch, the

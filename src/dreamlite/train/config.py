@@ -46,10 +46,17 @@ class RLStageConfig:
     rl_seed: int = 7  # prompts of iteration i come from rl.rl_rng(rl_seed, i) (a training seed)
     watch_every: int = 10  # reward-hacking watch every N iterations (0 = off): <run>/rl_watch.jsonl and .png
     watch_prompts: int = 8  # size of each fixed held-out watch set (t2i, paraphrased t2i, edits, paraphrased edits)
+    # Collapse guard (0 = off): when the watch's drift ||v - v_ref||^2 exceeds this, the stage stops and keeps the
+    # weights of the last watch under it (DiffusionNFT's soft-updated old policy can feed a runaway; see
+    # BENCHMARKS.md, "RL on v5"). Needs the watch.
+    max_drift: float = 0.0
 
     def __post_init__(self) -> None:
         if self.prompts_per_iter < 1 or self.sample_steps < 1 or self.watch_every < 0 or self.watch_prompts < 1:
             raise ValueError("rl: need prompts_per_iter >= 1, sample_steps >= 1, watch_every >= 0, watch_prompts >= 1")
+        if self.max_drift < 0 or (self.max_drift > 0 and self.watch_every == 0):
+            raise ValueError(f"rl: max_drift must be >= 0 and needs the watch (watch_every > 0); got max_drift "
+                             f"{self.max_drift}, watch_every {self.watch_every}")
 
 
 @dataclass(frozen=True)

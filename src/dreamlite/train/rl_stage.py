@@ -11,6 +11,7 @@ iteration counter; the reference is written once to ``<run>/stages/<stage>/refer
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -114,6 +115,48 @@ def latent_shape(ctx: StageContext) -> tuple[int, int, int]:
     return int(ctx.vae.config.latent_channels), h, h
 
 
+@dataclass
+class Snapshot:
+    """The policy and EMA weights (on the CPU) at one RL iteration: the collapse guard's fall-back."""
+
+    iteration: int
+    weights: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor]
+
+    @classmethod
+    def take(cls, iteration: int, model: torch.nn.Module, ema) -> "Snapshot":
+        cpu = lambda d: {k: v.detach().to("cpu", copy=True) for k, v in d.items()}  # noqa: E731
+        return cls(iteration, cpu(model.state_dict()), cpu(ema.shadow))
+
+
+def _drift_breached(acc, row: dict | None, max_drift: float) -> bool:
+    """Whether the watch (main process only) saw drift above ``max_drift``, agreed on by every process."""
+    flag = torch.tensor([float(row is not None and not row["drift"] <= max_drift)], device=acc.device)
+    return bool(acc.reduce(flag, reduction="sum").item() > 0)
+
+
+def _stop_on_drift(ctx: StageContext, stage: StageConfig, state: LoopState, healthy: Snapshot | None,
+                   reference: torch.nn.Module, model: torch.nn.Module, row: dict | None) -> None:
+    """Restore the last healthy watch's weights (the stage's start when none was seen in this process), end the
+    stage there and record why in ``<run>/stages/<stage>/stopped.json``."""
+    if healthy is None:
+        healthy = Snapshot(0, reference.state_dict(), {k: p.detach().float() for k, p in reference.named_parameters()})
+    model.load_state_dict(healthy.weights)
+    for k, v in healthy.ema.items():
+        ctx.ema.shadow[k].copy_(v)
+    if ctx.accelerator.is_main_process:
+        note = {"stopped_at_iteration": state.step, "drift": None if row is None else row["drift"],
+                "max_drift": stage.rl.max_drift, "restored_iteration": healthy.iteration}
+        folder = ctx.run_dir / "stages" / stage.name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "stopped.json").write_text(json.dumps(note, indent=1) + "\n")
+        ctx.accelerator.print(f"rl stage {stage.name!r}: drift {note['drift']:.3g} > max_drift "
+                              f"{stage.rl.max_drift:g} at iteration {state.step}; stopped and restored the weights "
+                              f"of iteration {healthy.iteration}")
+    state.global_step += stage.steps - state.step  # the stage counts as done, so a resume moves on
+    state.step = stage.steps
+
+
 def run_rl_stage(ctx: StageContext, stage: StageConfig, state: LoopState, resume_from=None,
                  stop_after: int | None = None) -> StageResult:
     """Run (or continue, from checkpoint ``resume_from``) the RL stage from ``state.step`` to ``stage.steps``."""
@@ -138,10 +181,19 @@ def run_rl_stage(ctx: StageContext, stage: StageConfig, state: LoopState, resume
     sigmas = make_sigmas(cfg.sample_steps, shape[1], shape[2])
     watch = RLWatch(ctx, stage, rewards, reference) if cfg.watch_every and acc.is_main_process else None
     guard = reference if cfg.nft.kl_weight > 0 else None
-    losses, t0, done = [], time.perf_counter(), 0
+    losses, t0, done, healthy, stopped = [], time.perf_counter(), 0, None, False
     while state.step < stage.steps:
-        if watch is not None and state.step % cfg.watch_every == 0:
-            watch.log(state.step, model)
+        if cfg.watch_every and state.step % cfg.watch_every == 0:
+            row = watch.log(state.step, model) if watch is not None else None
+            if cfg.max_drift > 0:
+                if not _drift_breached(acc, row, cfg.max_drift):
+                    healthy = Snapshot.take(state.step, model, ctx.ema)
+                else:
+                    _stop_on_drift(ctx, stage, state, healthy, reference, model, row)
+                    save_checkpoint(ctx.run_dir, acc, ctx.unet, ctx.ema, optimizer, scheduler, generator, state,
+                                    extra={"old": old})
+                    stopped = True
+                    break
         batch = draw_batch(ctx, stage, state.step)
         reward_fn = latent_reward(rewards[batch.task], decode, batch.prompts, batch.metadata, cfg.nft.group_size,
                                   batch.sources)
@@ -162,11 +214,11 @@ def run_rl_stage(ctx: StageContext, stage: StageConfig, state: LoopState, resume
                             extra={"old": old})
         if stopping:
             break
-    if watch is not None and state.step == stage.steps:
+    if watch is not None and state.step == stage.steps and not stopped:
         watch.log(state.step, model)
     seconds = time.perf_counter() - t0
     n = done * cfg.prompts_per_iter * cfg.nft.group_size * acc.num_processes
     return StageResult(losses, seconds, n / max(seconds, 1e-9))
 
 
-__all__ = ["REWARDS", "TaskBatch", "conditions", "draw_batch", "make_rewards", "run_rl_stage", "task_of"]
+__all__ = ["REWARDS", "Snapshot", "TaskBatch", "conditions", "draw_batch", "make_rewards", "run_rl_stage", "task_of"]

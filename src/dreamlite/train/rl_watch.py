@@ -111,15 +111,17 @@ class RLWatch:
         out["drift"] = (velocity(policy, x_t, t, cond) - velocity(self.reference, x_t, t, cond)).pow(2).mean().item()
         return out
 
-    def log(self, iteration: int, policy: torch.nn.Module) -> None:
-        """Append this iteration's row (once: a resumed run does not repeat it) and redraw the plot."""
+    def log(self, iteration: int, policy: torch.nn.Module) -> dict:
+        """Append this iteration's row (once: a resumed run reads it back instead) and redraw the plot."""
         path = self.ctx.run_dir / WATCH_FILE
-        rows = read_rows(path)
-        if any(r["stage"] == self.stage.name and r["iteration"] == iteration for r in rows):
-            return
+        for r in read_rows(path):
+            if r["stage"] == self.stage.name and r["iteration"] == iteration:
+                return r
+        row = self.row(iteration, policy)
         with open(path, "a") as f:
-            f.write(json.dumps(self.row(iteration, policy)) + "\n")
+            f.write(json.dumps(row) + "\n")
         plot_watch(self.ctx.run_dir)
+        return row
 
 
 def read_rows(path: Path) -> list[dict]:
