@@ -202,6 +202,8 @@ SHAPES_TINY_V4_MOBILE = replace(SHAPES_TINY_V3_MOBILE, name="shapes-tiny-v4-mobi
                                 init_from="runs/shapes-tiny-v4/model")
 SHAPES_TINY_V5_MOBILE = replace(SHAPES_TINY_V3_MOBILE, name="shapes-tiny-v5-mobile",
                                 init_from="runs/shapes-tiny-v5/model")
+SHAPES_TINY_V6_MOBILE = replace(SHAPES_TINY_V3_MOBILE, name="shapes-tiny-v6-mobile",
+                                init_from="runs/shapes-tiny-v6/model")
 
 # RL on the v4 base (the stage of shapes-tiny-post alone): v4's remaining binding failure is mostly a missing second
 # named shape (both named shapes drawn 0.38-0.53 of the time), which the per-clause partial credit rewards directly.
@@ -246,6 +248,7 @@ RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "sh
            "shapes-tiny-post": SHAPES_TINY_POST, "shapes-tiny-post-quick": POST_QUICK,
            "shapes-tiny-v2-mobile": SHAPES_TINY_V2_MOBILE, "shapes-tiny-v3-mobile": SHAPES_TINY_V3_MOBILE,
            "shapes-tiny-v4-mobile": SHAPES_TINY_V4_MOBILE, "shapes-tiny-v5-mobile": SHAPES_TINY_V5_MOBILE,
+           "shapes-tiny-v6-mobile": SHAPES_TINY_V6_MOBILE,
            "shapes-tiny-v4-rl": SHAPES_TINY_V4_RL, "shapes-tiny-v5-rl": SHAPES_TINY_V5_RL}
 
 
