@@ -7,6 +7,7 @@ policy. The task of iteration i follows the stage's mix (t2i : edit), determinis
 EMA weights (the evaluated model); that start is also the frozen reference of the KL guard and of the watch.
 A checkpoint holds the policy, EMA, optimizer, LR schedule, RNG, the old policy (``old.safetensors``) and the
 iteration counter; the reference is written once to ``<run>/stages/<stage>/reference.safetensors``.
+With ``max_drift`` set, a watch whose drift exceeds it ends the stage on the last healthy watch's weights.
 """
 
 from __future__ import annotations
