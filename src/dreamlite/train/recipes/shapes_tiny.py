@@ -222,6 +222,13 @@ SHAPES_TINY_V5_RL = replace(SHAPES_TINY_V4_RL, name="shapes-tiny-v5-rl",
                             stages=(replace(SHAPES_TINY_V4_RL.stages[0], mix=V5_RL_MIX),),
                             init_from="runs/shapes-tiny-v5/model")
 
+# RL on the v6 base with the loop v5's run exposed damped: the old policy follows the policy a tenth per iteration
+# (decay 0.9 instead of 0.5) and the KL guard is 4x stronger (0.2); same mix as on v5, collapse guard on.
+SHAPES_TINY_V6_RL = replace(
+    SHAPES_TINY_V5_RL, name="shapes-tiny-v6-rl", init_from="runs/shapes-tiny-v6/model",
+    stages=(replace(SHAPES_TINY_V5_RL.stages[0],
+                    rl=replace(POST_RL, nft=replace(POST_RL.nft, old_decay=0.9, kl_weight=0.2))),))
+
 # CI-sized: the same stage kinds and real rewards, a tiny random network, 2 RL iterations and 2 distill rounds.
 POST_QUICK = Recipe(
     name="shapes-tiny-post-quick",
@@ -249,7 +256,8 @@ RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "sh
            "shapes-tiny-v2-mobile": SHAPES_TINY_V2_MOBILE, "shapes-tiny-v3-mobile": SHAPES_TINY_V3_MOBILE,
            "shapes-tiny-v4-mobile": SHAPES_TINY_V4_MOBILE, "shapes-tiny-v5-mobile": SHAPES_TINY_V5_MOBILE,
            "shapes-tiny-v6-mobile": SHAPES_TINY_V6_MOBILE,
-           "shapes-tiny-v4-rl": SHAPES_TINY_V4_RL, "shapes-tiny-v5-rl": SHAPES_TINY_V5_RL}
+           "shapes-tiny-v4-rl": SHAPES_TINY_V4_RL, "shapes-tiny-v5-rl": SHAPES_TINY_V5_RL,
+           "shapes-tiny-v6-rl": SHAPES_TINY_V6_RL}
 
 
 def ablation(arm: str, total_steps: int = 1500, batch_size: int = 128) -> Recipe:
