@@ -3,12 +3,15 @@ color_attr), each ruling one part of the pipeline in or out:
 
 1. **Failure modes of a model's benchmark images** (a GenEval ``results.jsonl``): how many objects were drawn,
    whether each named shape is present, whether both named colours are present, and how often the colours are
-   present but swapped between the shapes.
+   present but swapped between the shapes. For position prompts with both shapes drawn, the relation asked
+   against the relation drawn (the benchmark's own ``relative_position``): a model that knows the axis (left/right
+   vs above/below) but not which shape is the subject fills the two 2x2 blocks on the diagonal evenly.
 2. **The VAE's ceiling**: GenEval-Shapes of ground-truth renders passed through the model's VAE (encode, decode).
    If the VAE lost small shapes, no U-Net could score above this.
 3. **The text encoder**: does MiniLM's state at a noun carry *its own* colour? A linear probe per layer, trained on
    three quarters of all "a photo of a C1 S1 and a C2 S2" prompts and tested on the rest: accuracy at predicting
-   C2 from the token state of S2, and how often it picks C1 (the other object's colour) instead.
+   C2 from the token state of S2, and how often it picks C1 (the other object's colour) instead. And for position
+   prompts: can the state of each noun tell which side of the image it must take (its role in the relation)?
 4. **Which U-Net path decides the shape** (only for a U-Net with ``pooled_text_embed``, whose masked-mean text
    vector is added to the time embedding of every position): single-object prompts, 8 seeds per shape, sampled
    as the model's default with the conditional rows' pooled vector (a) as is, (b) taken from the prompt of
@@ -69,6 +72,31 @@ def failure_modes(results: Path) -> dict[str, dict[str, float]]:
     return table
 
 
+RELATIONS = ("left of", "right of", "above", "below")
+
+
+def relation_confusion(results: Path) -> dict[str, dict[str, int]]:
+    """Position prompts: asked relation -> counts of the relations drawn (subject vs reference, first detection of
+    each), plus 'missing' when either shape is absent. Several relations can hold at once (diagonal placements)."""
+    from dreamlite.shapes.geometry import relative_position
+
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    table = {r: collections.Counter() for r in RELATIONS}
+    for row in (r for r in rows if r["tag"] == "position"):
+        reference, subject = json.loads(row["metadata"])["include"]  # subject carries ["relation", 0]
+        asked = subject["position"][0]
+        first = {}
+        for d in json.loads(row["details"]):
+            first.setdefault(d["class"], d["box"])
+        if subject["class"] not in first or reference["class"] not in first:
+            table[asked]["missing"] += 1
+            continue
+        drawn = relative_position(np.array(first[subject["class"]]), np.array(first[reference["class"]]))
+        for rel in drawn or ("none",):
+            table[asked][rel] += 1
+    return {k: dict(v) for k, v in table.items()}
+
+
 @torch.no_grad()
 def vae_ceiling(model: Path) -> dict[str, float]:
     """GenEval-Shapes per tag of ground-truth renders after the model's VAE (and of the renders themselves)."""
@@ -92,6 +120,28 @@ def vae_ceiling(model: Path) -> dict[str, float]:
     return scores
 
 
+def _probe_accuracy(x: torch.Tensor, y: torch.Tensor, cut: int, classes: int, epochs: int) -> torch.Tensor:
+    """Predictions on x[cut:] of a linear probe trained on (x[:cut], y[:cut]); features standardised on the train
+    part."""
+    x = (x - x[:cut].mean(0)) / (x[:cut].std(0) + 1e-6)
+    torch.manual_seed(0)
+    with torch.enable_grad():
+        probe = torch.nn.Linear(x.shape[1], classes)
+        opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
+        for _ in range(epochs):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(probe(x[:cut]), y[:cut]).backward()
+            opt.step()
+    return probe(x[cut:]).argmax(-1)
+
+
+def _token_index(tok, ids: list[int], word: str, last: bool) -> int:
+    """Index of the first (or last) occurrence of ``word``'s first word piece in one tokenised prompt."""
+    piece = tok.convert_tokens_to_ids(tok.tokenize(word)[0])
+    hits = [i for i, t in enumerate(ids) if t == piece]
+    return hits[-1] if last else hits[0]
+
+
 @torch.no_grad()
 def text_probe(seed: int = 0, epochs: int = 300) -> list[tuple[int, float, float]]:
     """Per MiniLM layer: (layer, accuracy of the noun's own colour, share that picks the other object's colour)."""
@@ -105,27 +155,47 @@ def text_probe(seed: int = 0, epochs: int = 300) -> list[tuple[int, float, float
     batch = tok([f"a photo of a {c1} {s1} and a {c2} {s2}" for c1, s1, c2, s2 in rows], return_tensors="pt",
                 padding=True)
     states = model(**batch, output_hidden_states=True).hidden_states  # layers + 1 of [N, L, D]
-    ids = batch["input_ids"]
-    # the last occurrence of the second noun's first word piece
-    noun2 = torch.tensor([max(i for i, t in enumerate(ids[n].tolist())
-                              if t == tok.convert_tokens_to_ids(tok.tokenize(r[3])[0]))
+    noun2 = torch.tensor([_token_index(tok, batch["input_ids"][n].tolist(), r[3], last=True)
                           for n, r in enumerate(rows)])
     own = torch.tensor([COLORS.index(r[2]) for r in rows])
     other = torch.tensor([COLORS.index(r[0]) for r in rows])
     cut = len(rows) * 3 // 4
     out = []
     for layer, h in enumerate(states):
-        x = h[torch.arange(len(rows)), noun2]  # [N, D]
-        x = (x - x[:cut].mean(0)) / (x[:cut].std(0) + 1e-6)
-        with torch.enable_grad():
-            probe = torch.nn.Linear(x.shape[1], len(COLORS))
-            opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
-            for _ in range(epochs):
-                opt.zero_grad()
-                torch.nn.functional.cross_entropy(probe(x[:cut]), own[:cut]).backward()
-                opt.step()
-        pred = probe(x[cut:]).argmax(-1)
+        pred = _probe_accuracy(h[torch.arange(len(rows)), noun2], own, cut, len(COLORS), epochs)  # x: [N, D]
         out.append((layer, (pred == own[cut:]).float().mean().item(), (pred == other[cut:]).float().mean().item()))
+    return out
+
+
+@torch.no_grad()
+def side_probe(seed: int = 0, epochs: int = 300) -> list[tuple[int, float]]:
+    """Per MiniLM layer: accuracy of a linear probe that reads, from a noun's state in a position prompt (every
+    train template and relation word), the side of the image that noun must take (left/top vs right/bottom).
+    The subject takes the relation's side and the reference the other, so this is the role the U-Net must bind."""
+    from dreamlite.models.text import MiniLMTextEncoder
+    from dreamlite.shapes import language
+
+    encoder = MiniLMTextEncoder.from_pretrained()
+    tok, model = encoder.tokenizer, encoder.model
+    words = language.all_templates("train")
+    rows = [(a, rel, b, template, word) for a, b in itertools.permutations(SHAPES, 2)
+            for rel in ("left of", "right of", "above", "below") for word in words[f"relation:{rel}"]
+            for template in words["prompt:position"]]
+    random.Random(seed).shuffle(rows)
+    batch = tok([t.format(a=language.noun_phrase(a), rel=w, b=language.noun_phrase(b)) for a, _, b, t, w in rows],
+                return_tensors="pt", padding=True)
+    states = model(**batch, output_hidden_states=True).hidden_states  # layers + 1 of [N, L, D]
+    index, side = [], []
+    for n, (a, rel, b, _, _) in enumerate(rows):
+        ids = batch["input_ids"][n].tolist()
+        first = int(rel in ("right of", "below"))  # the subject's side: 0 = left / top
+        index += [(n, _token_index(tok, ids, a, last=False)), (n, _token_index(tok, ids, b, last=True))]
+        side += [first, 1 - first]
+    y, cut = torch.tensor(side), len(side) * 3 // 4 // 2 * 2  # a prompt's two nouns stay on one side of the cut
+    out = []
+    for layer, h in enumerate(states):
+        x = torch.stack([h[n, i] for n, i in index])  # [2N, D]
+        out.append((layer, (_probe_accuracy(x, y, cut, 2, epochs) == y[cut:]).float().mean().item()))
     return out
 
 
@@ -198,6 +268,11 @@ def main() -> None:
         for k in keys:
             print(f"| {k} | " + " | ".join(f"{modes[t][k]:.2f}" if k in modes[t] else "-" for t in BINDING_TAGS)
                   + " |")
+        confusion = relation_confusion(Path(args.results))
+        cols = [*RELATIONS, "none", "missing"]
+        print("\n| position: asked \\ drawn | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
+        for asked, row in confusion.items():
+            print(f"| {asked} | " + " | ".join(str(row.get(c, 0)) for c in cols) + " |")
     if args.model:
         ceiling = vae_ceiling(Path(args.model))
         tags = list(next(iter(ceiling.values())))
@@ -214,6 +289,9 @@ def main() -> None:
     print("\n| MiniLM layer | noun -> own colour | -> other object's colour |\n|---:|---:|---:|")
     for layer, acc, other in text_probe():
         print(f"| {layer} | {acc:.3f} | {other:.3f} |")
+    print("\n| MiniLM layer | position prompt: noun -> its side (chance 0.5) |\n|---:|---:|")
+    for layer, acc in side_probe():
+        print(f"| {layer} | {acc:.3f} |")
 
 
 if __name__ == "__main__":

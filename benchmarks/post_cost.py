@@ -17,12 +17,11 @@ import torch
 
 
 def main() -> None:
-    from dreamlite.models.text import load_text_encoder
     from dreamlite.models.vae import load_vae, make_vae
     from dreamlite.train.config import Recipe
     from dreamlite.train.corpus import Pool, TextBank
     from dreamlite.train.loop import EMA, LoopState, StageContext
-    from dreamlite.train.recipe import build_unet, init_weights, make_accelerator, run_stage
+    from dreamlite.train.recipe import build_unet, init_weights, make_accelerator, recipe_text_encoder, run_stage
     from dreamlite.train.recipes import get_recipe
     from dreamlite.train.rl_stage import make_rewards
     from dreamlite.train.rl_watch import RLWatch
@@ -37,7 +36,7 @@ def main() -> None:
     recipe: Recipe = get_recipe("shapes-tiny-post")
     rl, distill = recipe.stages
     vae = load_vae(args.vae) if args.vae else make_vae(recipe.vae)
-    encoder = load_text_encoder(recipe.text_encoder)
+    encoder = recipe_text_encoder(recipe)
     unet = build_unet(recipe, vae)
     if args.model:
         init_weights(unet, Path(args.model))

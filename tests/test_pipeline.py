@@ -181,6 +181,20 @@ def test_bucket_errors_name_the_problem(pipe):
         pipe(["a", "b"], generator=[torch.Generator()] * 3, progress=False)
 
 
+def test_text_layer_travels_with_the_folder(pipe, tmp_path):
+    """A pipeline whose U-Net reads MiniLM layer 3 saves that in spec.json and loads it back (no encoder passed):
+    the same images as before saving, and not the images of the last-layer encoder."""
+    layer3 = DreamLitePipeline(unet=pipe.unet, vae=pipe.vae, text_encoder=MiniLMTextEncoder.from_pretrained(layer=3),
+                               defaults=pipe.defaults)
+    layer3.save_pretrained(tmp_path / "m3")
+    assert '"layer": 3' in (tmp_path / "m3" / "text_encoder" / "spec.json").read_text()
+    again = DreamLitePipeline.from_pretrained(tmp_path / "m3")
+    assert again.text_encoder.spec.layer == 3
+    run = lambda p: p("a star", generator=torch.Generator().manual_seed(5), output_type="np", progress=False).images  # noqa: E731
+    assert np.array_equal(run(layer3), run(again))
+    assert not np.array_equal(run(layer3), run(pipe))
+
+
 def test_bucket_setting_round_trips_with_the_folder(pipe, tmp_path):
     from dataclasses import replace
     pipe.defaults = replace(pipe.defaults, buckets=((64, 32), (32, 32)))

@@ -172,6 +172,23 @@ def test_text_encoder_matches_pytorch(onnx_pipe, encoder):
         assert h[2, int(m[2].sum()):].abs().max() == 0  # padding rows are exactly zero, as in torch
 
 
+def test_text_encoder_of_a_middle_layer_matches_pytorch(encoder, tmp_path):
+    """An encoder reading MiniLM layer 3 exports a graph that stops there: it matches that encoder, and not the
+    last layer's states."""
+    from dreamlite.export.onnx import OnnxTextEncoder, export_text_encoder
+
+    layer3 = MiniLMTextEncoder.from_pretrained(layer=3)
+    export_text_encoder(layer3, tmp_path)
+    onnx_enc = OnnxTextEncoder(make_session(tmp_path / FILES["text_encoder"]), layer3.tokenizer,
+                               max_length=layer3.max_length, hidden_size=layer3.hidden_size, fmt=MINILM_FORMAT, layer=3)
+    prompts = ["a star left of a circle", ""]
+    h_ref, _ = layer3.encode(prompts, task="generate")
+    h, _ = onnx_enc.encode(prompts, task="generate")
+    assert (h - h_ref).abs().max().item() < ATOL
+    assert (h - encoder.encode(prompts, task="generate")[0]).abs().max().item() > 0.1
+    assert onnx_enc.spec.to_dict() == {"type": "minilm", "path": None, "layer": 3}
+
+
 # --------------------------------------------------------------------------------------------- pipeline
 def test_pipeline_latents_match_pytorch(onnx_pipe, torch_pipe):
     src = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))

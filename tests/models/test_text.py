@@ -118,6 +118,32 @@ def test_load_text_encoder_minilm_matches(minilm):
     torch.testing.assert_close(enc.encode(["a star"])[0], minilm.encode(["a star"])[0], atol=0, rtol=0)
 
 
+def test_minilm_layer_reads_that_hidden_state_and_round_trips_through_the_spec(minilm):
+    """layer k returns the model's hidden_states[k] (masked); -1 and the last index are the same tensor; the
+    spec names a non-default layer, and loading that spec gives the same encoder."""
+    prompts = ["a star left of a circle", "a red heart"]
+    batch = minilm.tokenizer(prompts, padding="longest", return_tensors="pt")
+    with torch.no_grad():
+        states = minilm.model(**batch, output_hidden_states=True).hidden_states  # 7 x [B, L, 384]
+    mask = batch["attention_mask"][..., None].float()
+    enc3 = MiniLMTextEncoder.from_pretrained(layer=3)
+    h3, m3 = enc3._encode(prompts, None, "generate")
+    torch.testing.assert_close(h3 * m3[..., None], states[3] * mask, atol=0, rtol=0)
+    h6, _ = minilm._encode(prompts, None, "generate")  # rendered strings in, as encode() passes them
+    torch.testing.assert_close(h6, states[6], atol=0, rtol=0)
+    assert not torch.allclose(h3, h6)  # the layers differ, so the option changes what the U-Net reads
+    assert enc3.spec.to_dict() == {"type": "minilm", "path": None, "layer": 3}
+    assert MiniLMTextEncoder.from_pretrained(layer=6).spec.to_dict() == {"type": "minilm", "path": None}
+    again = load_text_encoder(enc3.spec.to_dict())
+    torch.testing.assert_close(again.encode(prompts)[0], enc3.encode(prompts)[0], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="layer 7 out of range for a 6-layer MiniLM"):
+        MiniLMTextEncoder.from_pretrained(layer=7)
+    with pytest.raises(ValueError, match="layer must be an int >= -1"):
+        TextEncoderSpec(layer=-2)
+    with pytest.raises(ValueError, match="layer applies to the minilm encoder only"):
+        TextEncoderSpec(type="qwen3vl", path="x", layer=2)
+
+
 def test_spec_parsing_errors():
     assert TextEncoderSpec.parse("minilm") == TextEncoderSpec()
     with pytest.raises(ValueError, match="unknown text encoder type 'clip'"):

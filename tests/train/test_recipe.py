@@ -133,3 +133,15 @@ def test_recipe_with_init_from_starts_from_those_weights(tmp_path):
     assert torch.equal(weights["conv_out.bias"], torch.full((4,), 0.25))  # lr 0: still the base weights
     assert torch.equal(ema["conv_out.bias"], torch.full((4,), 0.25))
     assert torch.equal(weights["conv_in.weight"], base.state_dict()["conv_in.weight"])
+
+
+def test_recipe_text_layer_selects_the_encoder_state():
+    """text_layer reaches the encoder a recipe trains with (and so the folder it writes); -1 is the last layer."""
+    from dreamlite.train.recipe import recipe_text_encoder
+    from dreamlite.train.recipes import get_recipe
+
+    quick = get_recipe("shapes-tiny-quick")
+    assert quick.text_layer == -1 and recipe_text_encoder(quick).spec.to_dict() == {"type": "minilm", "path": None}
+    enc = recipe_text_encoder(replace(quick, text_layer=2))
+    assert enc.spec.layer == 2 and enc.layer == 2
+    assert get_recipe("shapes-tiny-v7").text_layer == 3

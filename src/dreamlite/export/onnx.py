@@ -421,7 +421,8 @@ def manifest_body(pipe: Any, model: Path, wh: tuple[int, int], latent_hw: tuple[
                 "convention": "latents = (raw - shift_factor) * scaling_factor; the graphs work on raw latents",
                 "config": _jsonable(pipe.vae.config)},
         "text_encoder": {"type": "minilm", "tokenizer": TOKENIZER_DIR, "max_length": pipe.text_encoder.max_length,
-                         "hidden_size": pipe.text_encoder.hidden_size},
+                         "hidden_size": pipe.text_encoder.hidden_size,
+                         "layer": pipe.text_encoder.spec.layer},  # the graph stops there (-1: the last layer)
         "prompts": {"family": fmt.family, "generate_prefix": fmt.generate_prefix, "edit_prefix": fmt.edit_prefix,
                     "generate_template": fmt.generate_template, "edit_template": fmt.edit_template,
                     "negative_prompt": "used as is (no prefix) for the unconditional branches"},
@@ -500,12 +501,14 @@ class OnnxTextEncoder(MiniLMTextEncoder):
     """MiniLM on onnxruntime. It keeps MiniLMTextEncoder's prompt rendering, tokenizer call, truncation
     warning and zeroed padding (all inherited); only the network call is replaced by the session."""
 
-    def __init__(self, session: Any, tokenizer: Any, *, max_length: int, hidden_size: int, fmt: PromptFormat):
+    def __init__(self, session: Any, tokenizer: Any, *, max_length: int, hidden_size: int, fmt: PromptFormat,
+                 layer: int = -1):
         # Deliberately not MiniLMTextEncoder.__init__: that one wraps a torch model, which this class has none of.
         self.session, self.tokenizer = session, tokenizer
         self.max_length, self.hidden_size = int(max_length), int(hidden_size)
         self.format = fmt
         self._path = None
+        self.layer, self.is_last_layer = int(layer), int(layer) == -1  # the exported graph already stops there
 
     @property
     def module(self) -> nn.Module:
@@ -626,7 +629,7 @@ def pipeline_from_manifest(folder: Path, manifest: Mapping[str, Any], open_sessi
     te = manifest["text_encoder"]
     tokenizer = AutoTokenizer.from_pretrained(folder / te["tokenizer"], local_files_only=True)
     text = OnnxTextEncoder(open_session(pick("text_encoder")), tokenizer, max_length=te["max_length"],
-                           hidden_size=te["hidden_size"], fmt=_prompt_format(manifest))
+                           hidden_size=te["hidden_size"], fmt=_prompt_format(manifest), layer=te.get("layer", -1))
     defaults = PipelineDefaults.from_dict(manifest["defaults"])
     defaults = PipelineDefaults(resolution=tuple(manifest["resolution"]), default_variant=manifest["variant"],
                                 variants=defaults.variants)  # the exported canvas, whatever the folder said

@@ -13,6 +13,7 @@ turns a spec back into an encoder. Weights load from local safetensors only, nev
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from abc import ABC, abstractmethod
@@ -43,7 +44,10 @@ class TextEncoderSpec:
 
     ``image_size`` (square side the edit source is resized to: 512 base, 256 mobile — PIPELINE.md §3) and
     ``drop_idx`` (``"official"`` = 34/64, ``"auto"`` = counted from the tokenizer, or ``(generate, edit)``)
-    apply to ``qwen3vl`` only.
+    apply to ``qwen3vl`` only. ``layer`` applies to ``minilm`` only: which hidden state the U-Net reads, -1 the
+    last (the sentence-embedding output), 0 the token embeddings, k the output of transformer layer k. The
+    last layer, trained for sentence similarity, keeps less of which noun is a relation's subject than the
+    middle ones (BENCHMARKS.md, "Where position fails").
     """
 
     type: EncoderType = "minilm"
@@ -51,6 +55,7 @@ class TextEncoderSpec:
     image_size: int = 512
     drop_idx: DropSetting = "official"
     dtype: str = "float32"
+    layer: int = -1
 
     def __post_init__(self) -> None:
         if self.type not in ("minilm", "qwen3vl"):
@@ -64,6 +69,11 @@ class TextEncoderSpec:
         if isinstance(self.drop_idx, list):  # JSON has no tuples
             object.__setattr__(self, "drop_idx", tuple(self.drop_idx))
         _drop_counts_or_setting(self.drop_idx)
+        if not isinstance(self.layer, int) or isinstance(self.layer, bool) or self.layer < -1:
+            raise ValueError(f"layer must be an int >= -1 (-1 = the last hidden state), got {self.layer!r}")
+        if self.type == "qwen3vl" and self.layer != -1:
+            raise ValueError("layer applies to the minilm encoder only (Qwen3-VL's final hidden states are the "
+                             "paper's conditioning)")
 
     @classmethod
     def parse(cls, value: "TextEncoderSpec | Mapping[str, Any] | str") -> "TextEncoderSpec":
@@ -83,11 +93,14 @@ class TextEncoderSpec:
         return cls(**value)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready; MiniLM specs carry only type and path."""
+        """JSON-ready; MiniLM specs carry only type and path (and layer, when not the last)."""
         d = asdict(self)
         if isinstance(self.drop_idx, tuple):
             d["drop_idx"] = list(self.drop_idx)
-        return {"type": self.type, "path": self.path} if self.type == "minilm" else d
+        if self.type == "minilm":
+            return {"type": self.type, "path": self.path, **({"layer": self.layer} if self.layer != -1 else {})}
+        d.pop("layer")
+        return d
 
 
 def _drop_counts_or_setting(value: Any) -> DropCounts | str:
@@ -212,13 +225,26 @@ def _minilm_max_length(folder: Path, tokenizer: Any, model: nn.Module) -> int:
 
 
 class MiniLMTextEncoder(TextEncoder):
-    """all-MiniLM-L6-v2 token states [B, L, 384]; short task prefixes, no chat template (see prompts.py)."""
+    """all-MiniLM-L6-v2 token states [B, L, 384] of one layer (default the last); short task prefixes, no chat
+    template (see prompts.py)."""
 
     format = MINILM_FORMAT
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, max_length: int, path: str | None = None):
+    def __init__(self, model: nn.Module, tokenizer: Any, *, max_length: int, path: str | None = None,
+                 layer: int = -1):
         if max_length < 2:
             raise ValueError(f"max_length must leave room for [CLS] and [SEP], got {max_length}")
+        n_layers = int(model.config.num_hidden_layers)
+        if not -1 <= layer <= n_layers:
+            raise ValueError(f"layer {layer} out of range for a {n_layers}-layer MiniLM (use -1 .. {n_layers})")
+        self.layer = n_layers if layer == -1 else layer  # 0 = the token embeddings, k = after transformer layer k
+        self.is_last_layer = self.layer == n_layers
+        if not self.is_last_layer:
+            # A copy that stops after layer k, so last_hidden_state *is* hidden_states[k] in every consumer
+            # (training, sampling, the ONNX / ExecuTorch exports) and the layers above are never computed.
+            model = copy.deepcopy(model)
+            model.encoder.layer = model.encoder.layer[:self.layer]
+            model.config.num_hidden_layers = self.layer
         self.model = _freeze(model)
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -226,7 +252,7 @@ class MiniLMTextEncoder(TextEncoder):
         self._path = path
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None) -> "MiniLMTextEncoder":
+    def from_pretrained(cls, path: str | Path | None = None, layer: int = -1) -> "MiniLMTextEncoder":
         """Load offline from ``path`` (a local folder) or, with ``None``, from the package's model folder."""
         from transformers import AutoModel, AutoTokenizer
 
@@ -237,7 +263,7 @@ class MiniLMTextEncoder(TextEncoder):
         # float32 whatever the file stores (a half-precision copy of the weights still encodes in fp32)
         model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True, dtype=torch.float32)
         return cls(model, tokenizer, max_length=_minilm_max_length(folder, tokenizer, model),
-                   path=None if path is None else str(path))
+                   path=None if path is None else str(path), layer=layer)
 
     @property
     def module(self) -> nn.Module:
@@ -245,7 +271,7 @@ class MiniLMTextEncoder(TextEncoder):
 
     @property
     def spec(self) -> TextEncoderSpec:
-        return TextEncoderSpec(type="minilm", path=self._path)
+        return TextEncoderSpec(type="minilm", path=self._path, layer=-1 if self.is_last_layer else self.layer)
 
     def _encode(self, texts: list[str], images: list[Image.Image] | None, task: Task) -> tuple[Tensor, Tensor]:
         # MiniLM cannot see images; they only select the task (and hence the prefix) upstream.
@@ -401,6 +427,6 @@ def load_text_encoder(spec: TextEncoderSpec | Mapping[str, Any] | str = "minilm"
     if spec.type == "minilm":
         if spec.dtype != "float32":
             raise ValueError("the MiniLM encoder runs in float32 only")
-        return MiniLMTextEncoder.from_pretrained(spec.path)
+        return MiniLMTextEncoder.from_pretrained(spec.path, layer=spec.layer)
     return Qwen3VLTextEncoder.from_pretrained(spec.path, image_size=spec.image_size, drop_idx=spec.drop_idx,
                                               dtype=_DTYPES[spec.dtype])

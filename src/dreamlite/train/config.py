@@ -148,6 +148,8 @@ class Recipe:
     stages: tuple[StageConfig, ...]
     unet_overrides: dict[str, Any] = field(default_factory=dict)
     text_encoder: str = "minilm"
+    # MiniLM only: the hidden state the U-Net reads (-1 = the last; see TextEncoderSpec.layer)
+    text_layer: int = -1
     vae: VAEConfig = field(default_factory=VAEConfig)
     vae_steps: int = 3000
     vae_path: str | None = None  # reuse a trained VAE instead of training one

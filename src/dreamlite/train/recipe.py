@@ -82,6 +82,13 @@ SFT_TAG_WEIGHTS = {"position": 3.0, "color_attr": 3.0, "counting": 2.0, "two_obj
                    "single_object": 0.5}
 
 
+def recipe_text_encoder(recipe: Recipe):
+    """The frozen text encoder a recipe names (its ``text_encoder`` type at ``text_layer``)."""
+    from dreamlite.models.text import TextEncoderSpec, load_text_encoder
+
+    return load_text_encoder(TextEncoderSpec(type=recipe.text_encoder, layer=recipe.text_layer))
+
+
 def build_unet(recipe: Recipe, vae) -> MobileUNet:
     channels = vae.config.latent_channels
     return MobileUNet(**preset_config(recipe.preset, **{**recipe.unet_overrides, "in_channels": channels,
@@ -172,9 +179,8 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, evalua
         (run_dir / "recipe.json").write_text(recipe.to_json())
     torch.manual_seed(recipe.seed)
     if components is None:
-        from dreamlite.models.text import load_text_encoder
         vae = prepare_vae(recipe, run_dir, accelerator).to(accelerator.device)
-        encoder = load_text_encoder(recipe.text_encoder).to(accelerator.device)
+        encoder = recipe_text_encoder(recipe).to(accelerator.device)
         pools = prepare_corpus(recipe, run_dir, accelerator, vae, encoder)
     else:
         vae, encoder, pools = components.vae, components.encoder, components.pools

@@ -314,7 +314,7 @@ def resolve_text_encoder(recipe: Recipe, value: str | None) -> Any:
             raise FileNotFoundError(f"text encoder spec not found: {path}")
         return load_text_encoder(TextEncoderSpec.parse(json.loads(path.read_text())))
     if value in ("minilm",):
-        return load_text_encoder(value)
+        return load_text_encoder(TextEncoderSpec(type="minilm", layer=recipe.text_layer))
     if not Path(value).is_dir():
         raise FileNotFoundError(f"text encoder folder not found: {value}")
     dtype = "bfloat16" if torch.cuda.is_available() else "float32"
