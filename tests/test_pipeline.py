@@ -195,6 +195,20 @@ def test_text_layer_travels_with_the_folder(pipe, tmp_path):
     assert not np.array_equal(run(layer3), run(pipe))
 
 
+def test_a_variant_can_name_its_own_text_layer(pipe, tmp_path):
+    """One folder, two variants on different MiniLM layers: each loads the encoder its U-Net was trained with, and a
+    given encoder that disagrees with the variant is an error naming both layers."""
+    defaults = PipelineDefaults(resolution=(32, 32), variants={
+        "base": VariantDefaults("unet", 3, 2.0, 1.5, text_layer=3), "mobile": VariantDefaults("unet", 1, 1.0, 1.0)})
+    DreamLitePipeline(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder,
+                      defaults=defaults).save_pretrained(tmp_path / "m")
+    assert DreamLitePipeline.from_pretrained(tmp_path / "m").text_encoder.spec.layer == 3
+    assert DreamLitePipeline.from_pretrained(tmp_path / "m", variant="mobile").text_encoder.spec.layer == -1
+    with pytest.raises(ValueError, match="variant 'base' of .* reads MiniLM layer 3, but the text encoder given "
+                                         "reads layer -1"):
+        DreamLitePipeline.from_pretrained(tmp_path / "m", text_encoder=pipe.text_encoder)
+
+
 def test_bucket_setting_round_trips_with_the_folder(pipe, tmp_path):
     from dataclasses import replace
     pipe.defaults = replace(pipe.defaults, buckets=((64, 32), (32, 32)))

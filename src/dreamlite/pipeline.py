@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,7 +34,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from dreamlite.imageio import ImageError, load_image, pil_to_tensor, tensor_to_uint8, to_rgb
-from dreamlite.models.text import TextEncoder, load_text_encoder
+from dreamlite.models.text import TextEncoder, TextEncoderSpec, load_text_encoder
 from dreamlite.models.unet import MobileUNet
 from dreamlite.sampling import Conditions, Guidance, default_scheduler, make_sigmas, sample
 
@@ -49,6 +49,9 @@ class VariantDefaults:
     num_inference_steps: int = 28
     guidance_scale: float = 3.5
     image_guidance_scale: float = 1.0
+    # MiniLM layer this variant's U-Net reads (TextEncoderSpec.layer); None = the folder's text_encoder/spec.json.
+    # Lets a student trained on one layer sit beside a base trained on another in one folder.
+    text_layer: int | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ class PipelineDefaults:
 
     def to_dict(self) -> dict[str, Any]:
         return {"resolution": list(self.resolution), "default_variant": self.default_variant,
-                "variants": {k: asdict(v) for k, v in self.variants.items()},
+                "variants": {k: {f: x for f, x in asdict(v).items() if not (f == "text_layer" and x is None)}
+                             for k, v in self.variants.items()},
                 "buckets": self.buckets if isinstance(self.buckets, str) else [list(b) for b in self.buckets]}
 
     @classmethod
@@ -180,9 +184,16 @@ class DreamLitePipeline(DiffusionPipeline):
         sched_dir = root / "scheduler"
         scheduler = (FlowMatchEulerDiscreteScheduler.from_pretrained(sched_dir)
                      if (sched_dir / "scheduler_config.json").is_file() else default_scheduler())
+        spec_path = root / "text_encoder" / "spec.json"
+        spec = TextEncoderSpec.parse(json.loads(spec_path.read_text()) if spec_path.is_file() else "minilm")
+        layer = defaults.variants[variant].text_layer
+        if layer is not None:
+            spec = replace(spec, layer=layer)
         if text_encoder is None:
-            spec_path = root / "text_encoder" / "spec.json"
-            text_encoder = load_text_encoder(json.loads(spec_path.read_text()) if spec_path.is_file() else "minilm")
+            text_encoder = load_text_encoder(spec)
+        elif layer is not None and text_encoder.spec.layer != layer:
+            raise ValueError(f"variant {variant!r} of {root} reads MiniLM layer {layer}, but the text encoder "
+                             f"given reads layer {text_encoder.spec.layer}")
         return cls(unet=unet, vae=vae, text_encoder=text_encoder, scheduler=scheduler, defaults=defaults,
                    variant=variant)
 

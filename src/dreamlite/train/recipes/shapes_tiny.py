@@ -242,7 +242,7 @@ SHAPES_TINY_V6_RL2 = replace(
 # cross-attention re-adapts to the new states over one more joint round on a fresh corpus (seed 700,000).
 SHAPES_TINY_V7 = replace(
     SHAPES_TINY_V6, name="shapes-tiny-v7", stages=(replace(SHAPES_TINY_V6.stages[0], name="joint-8"),),
-    init_from="runs/shapes-tiny-v6-rl2/model", text_layer=3,
+    init_from="runs/shapes-tiny-v6-rl/model", text_layer=3,
     corpus=replace(SHAPES_TINY_V6.corpus, seed=700_000))
 
 # The mobile variant of the RL-tuned base: the same distillation schedule as every mobile recipe.
