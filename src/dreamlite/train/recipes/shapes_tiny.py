@@ -240,6 +240,7 @@ SHAPES_TINY_V6_RL2 = replace(
 # 0.45 of the images with both shapes drawn: chance); a linear probe finds the side a noun must take in 0.97 of
 # layer-3 states and 0.77 of last-layer ones (BENCHMARKS.md, "Where position fails"). Same network, so the
 # cross-attention re-adapts to the new states over one more joint round on a fresh corpus (seed 700,000).
+# Result: the side stayed at chance (0.46); editing rose (0.863 / 0.892) and GenEval fell (0.657): not shipped.
 SHAPES_TINY_V7 = replace(
     SHAPES_TINY_V6, name="shapes-tiny-v7", stages=(replace(SHAPES_TINY_V6.stages[0], name="joint-8"),),
     init_from="runs/shapes-tiny-v6-rl/model", text_layer=3,
