@@ -143,5 +143,5 @@ def test_recipe_text_layer_selects_the_encoder_state():
     quick = get_recipe("shapes-tiny-quick")
     assert quick.text_layer == -1 and recipe_text_encoder(quick).spec.to_dict() == {"type": "minilm", "path": None}
     enc = recipe_text_encoder(replace(quick, text_layer=2))
-    assert enc.spec.layer == 2 and enc.layer == 2
+    assert enc.spec.layer == 2 and len(enc.model.encoder.layer) == 2
     assert get_recipe("shapes-tiny-v7").text_layer == 3

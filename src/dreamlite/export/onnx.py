@@ -508,7 +508,7 @@ class OnnxTextEncoder(MiniLMTextEncoder):
         self.max_length, self.hidden_size = int(max_length), int(hidden_size)
         self.format = fmt
         self._path = None
-        self.layer, self.is_last_layer = int(layer), int(layer) == -1  # the exported graph already stops there
+        self.layer = int(layer)  # the exported graph already stops there
 
     @property
     def module(self) -> nn.Module:

@@ -237,14 +237,13 @@ class MiniLMTextEncoder(TextEncoder):
         n_layers = int(model.config.num_hidden_layers)
         if not -1 <= layer <= n_layers:
             raise ValueError(f"layer {layer} out of range for a {n_layers}-layer MiniLM (use -1 .. {n_layers})")
-        self.layer = n_layers if layer == -1 else layer  # 0 = the token embeddings, k = after transformer layer k
-        self.is_last_layer = self.layer == n_layers
-        if not self.is_last_layer:
+        self.layer = -1 if layer == n_layers else layer  # as TextEncoderSpec.layer: -1 = the last
+        if self.layer != -1:
             # A copy that stops after layer k, so last_hidden_state *is* hidden_states[k] in every consumer
             # (training, sampling, the ONNX / ExecuTorch exports) and the layers above are never computed.
             model = copy.deepcopy(model)
-            model.encoder.layer = model.encoder.layer[:self.layer]
-            model.config.num_hidden_layers = self.layer
+            model.encoder.layer = model.encoder.layer[:layer]
+            model.config.num_hidden_layers = layer
         self.model = _freeze(model)
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -271,7 +270,7 @@ class MiniLMTextEncoder(TextEncoder):
 
     @property
     def spec(self) -> TextEncoderSpec:
-        return TextEncoderSpec(type="minilm", path=self._path, layer=-1 if self.is_last_layer else self.layer)
+        return TextEncoderSpec(type="minilm", path=self._path, layer=self.layer)
 
     def _encode(self, texts: list[str], images: list[Image.Image] | None, task: Task) -> tuple[Tensor, Tensor]:
         # MiniLM cannot see images; they only select the task (and hence the prefix) upstream.
