@@ -217,6 +217,11 @@ def test_post_quick_runs_real_rewards_and_saves_both_variants(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()]
     rl_rows = [r for r in rows if r["stage"] == "rl"]
     assert [r["task"] for r in rl_rows] == ["t2i", "edit"] and all(0 <= r["reward"] <= 1 for r in rl_rows)
+    from dreamlite.shapes.edits import EDIT_TYPES
+    from dreamlite.shapes.spec import TAGS
+    for r, known in zip(rl_rows, (TAGS, EDIT_TYPES)):  # per-tag / per-edit-type curves: the prompts' means
+        assert r["by_category"] and set(r["by_category"]) <= set(known), r["by_category"]
+        assert min(r["by_category"].values()) <= r["reward"] + 1e-6 <= max(r["by_category"].values()) + 2e-6
     watch = [json.loads(x) for x in (tmp_path / "run" / "rl_watch.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in watch] == [0, 2]
     assert all(0 <= r[k] <= 1 for r in watch for k in ("heldout_t2i", "paraphrase_t2i", "heldout_edit",

@@ -145,3 +145,25 @@ def test_recipe_text_layer_selects_the_encoder_state():
     enc = recipe_text_encoder(replace(quick, text_layer=2))
     assert enc.spec.layer == 2 and len(enc.model.encoder.layer) == 2
     assert get_recipe("shapes-tiny-v7").text_layer == 3
+
+
+def test_rl_or_distill_from_a_model_on_another_text_layer_is_refused(tmp_path):
+    """An RL / distillation first stage takes init_from as it is, so its text states must match the recipe's;
+    a flow-matching first stage may switch layers (it re-adapts, as shapes-tiny-v7 did)."""
+    import json
+
+    from dreamlite.train.recipe import check_init_text_encoder
+    from dreamlite.train.recipes import get_recipe
+
+    (tmp_path / "m" / "text_encoder").mkdir(parents=True)
+    (tmp_path / "m" / "text_encoder" / "spec.json").write_text(json.dumps({"type": "minilm", "path": None,
+                                                                            "layer": 3}))
+    post = get_recipe("shapes-tiny-post-quick")  # first stage: rl, reads the last layer (-1)
+    with pytest.raises(ValueError, match=r"trained on text encoder 'minilm' layer 3.*reads 'minilm' layer -1"):
+        check_init_text_encoder(post, tmp_path / "m")
+    check_init_text_encoder(replace(post, text_layer=3), tmp_path / "m")  # matching: accepted
+    check_init_text_encoder(get_recipe("shapes-tiny-v7"), tmp_path / "m")  # flow first stage may switch
+    distill = replace(post, stages=post.stages[1:])
+    with pytest.raises(ValueError, match="first stage 'distill'"):
+        check_init_text_encoder(distill, tmp_path / "m")
+    assert get_recipe("shapes-tiny-v7-rl").text_layer == get_recipe("shapes-tiny-v7").text_layer

@@ -197,6 +197,7 @@ def test_nft_moves_a_toy_policy_towards_high_reward():
     first, last = np.mean([s.reward_mean for s in stats[:3]]), np.mean([s.reward_mean for s in stats[-3:]])
     assert last > first + 0.1, (first, last)
     assert all(abs(s.r_mean - 0.5) < 0.1 and s.signal > 0.9 for s in stats)  # centred up to clipping
+    assert all(len(s.prompt_rewards) == 4 and abs(np.mean(s.prompt_rewards) - s.reward_mean) < 1e-5 for s in stats)
     # the guard towards the frozen start holds the policy back
     m_guarded, _ = run_toy(25, kl_weight=1.0)
     assert 0.05 < (m_guarded @ GOAL).item() < 0.2 * along, m_guarded

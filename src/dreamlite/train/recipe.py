@@ -95,6 +95,23 @@ def build_unet(recipe: Recipe, vae) -> MobileUNet:
                                                         "out_channels": channels}))
 
 
+def check_init_text_encoder(recipe: Recipe, folder: Path) -> None:
+    """An RL or distillation stage that starts a recipe uses ``init_from`` as it is (the policy that samples the
+    rollouts, the teacher), so it must read the text states that model was trained on: a different encoder or
+    MiniLM layer would score a model on inputs it never saw. A flow-matching first stage may switch (it re-adapts
+    the cross-attention, as shapes-tiny-v7 does), and a bare U-Net folder records no encoder, so both pass."""
+    spec_path = folder / "text_encoder" / "spec.json"
+    if recipe.stages[0].kind == "flow" or not spec_path.is_file():
+        return
+    spec = json.loads(spec_path.read_text())
+    theirs = (spec.get("type"), spec.get("layer", -1))
+    mine = (recipe.text_encoder, recipe.text_layer)
+    if theirs != mine:
+        raise ValueError(f"init_from {folder}: its U-Net was trained on text encoder {theirs[0]!r} layer "
+                         f"{theirs[1]}, but recipe {recipe.name!r} (first stage {recipe.stages[0].kind!r}) reads "
+                         f"{mine[0]!r} layer {mine[1]}; set the recipe's text_encoder / text_layer to match")
+
+
 def init_weights(unet: MobileUNet, folder: Path, grow_attention: bool = False, drop_pooled_text: bool = False) -> None:
     """Load a pipeline folder's (or a bare U-Net folder's) weights into ``unet`` for fine-tuning; the saved config
     must describe the same network, so a mismatch is an error naming the differing fields, not a partial load.
@@ -187,6 +204,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, evalua
     uncond = tuple(t.cpu() for t in encoder.encode([""], unconditional=True))
     unet = build_unet(recipe, vae)
     if recipe.init_from and ckpt is None:
+        check_init_text_encoder(recipe, Path(recipe.init_from))
         init_weights(unet, Path(recipe.init_from), recipe.grow_attention, recipe.drop_pooled_text)
     ema = EMA(unet, recipe.stages[0].ema_decay)
     state = LoopState()

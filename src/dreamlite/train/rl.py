@@ -233,6 +233,7 @@ class NFTStats:
     r_mean: float  # 1/2 up to clipping
     signal: float  # share of samples with r != 1/2 (groups whose samples all scored alike teach nothing)
     losses: tuple[float, ...]
+    prompt_rewards: tuple[float, ...] = ()  # [P] mean raw reward of each prompt's K rollouts
 
 
 def nft_iteration(policy: torch.nn.Module, old: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -252,7 +253,8 @@ def nft_iteration(policy: torch.nn.Module, old: torch.nn.Module, optimizer: torc
     losses = nft_update(policy, old, optimizer, x0, rep, r, cfg, generator, reference, backward)
     soft_update(old, getattr(policy, "module", policy), cfg.old_decay)  # DDP-wrapped or not
     return NFTStats(raw.mean().item(), raw.std(unbiased=False).item(), r.mean().item(),
-                    (r != 0.5).float().mean().item(), tuple(losses))
+                    (r != 0.5).float().mean().item(), tuple(losses),
+                    tuple(raw.view(-1, cfg.group_size).mean(1).tolist()))  # rows are prompt-major
 
 
 def latent_reward(reward: Callable, decode: Callable[[Tensor], np.ndarray], prompts: Sequence[str],

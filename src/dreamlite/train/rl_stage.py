@@ -93,6 +93,14 @@ def edit_batch(ctx: StageContext, cases: list) -> TaskBatch:
     return TaskBatch("edit", conditions(ctx, prompts, sources), prompts, meta, sources)
 
 
+def rewards_by_category(metadata: list[dict], prompt_rewards: tuple[float, ...]) -> dict[str, float]:
+    """Mean reward per GenEval tag (t2i) or edit type (edit) of one iteration's prompts: the per-tag RL curves."""
+    sums: dict[str, list[float]] = {}
+    for meta, reward in zip(metadata, prompt_rewards, strict=True):
+        sums.setdefault(meta.get("tag") or meta.get("edit_type") or "?", []).append(reward)
+    return {k: float(np.mean(v)) for k, v in sorted(sums.items())}
+
+
 def draw_batch(ctx: StageContext, stage: StageConfig, iteration: int) -> TaskBatch:
     """Iteration ``iteration``'s prompts (this rank's share) from the RL pools, never benchmark texts."""
     cfg, mix, acc = stage.rl, stage.mix, ctx.accelerator
@@ -208,7 +216,8 @@ def run_rl_stage(ctx: StageContext, stage: StageConfig, state: LoopState, resume
         loss = float(np.mean(stats.losses))
         losses.append((state.global_step, loss))
         log_stage_row(ctx.run_dir, acc, {"stage": stage.name, "step": state.global_step, "loss": loss,
-                                         "task": batch.task, "reward": stats.reward_mean, "signal": stats.signal})
+                                         "task": batch.task, "reward": stats.reward_mean, "signal": stats.signal,
+                                         "by_category": rewards_by_category(batch.metadata, stats.prompt_rewards)})
         stopping = stop_after is not None and done >= stop_after
         if stopping or state.step % ctx.recipe.checkpoint_every == 0 or state.step == stage.steps:
             save_checkpoint(ctx.run_dir, acc, ctx.unet, ctx.ema, optimizer, scheduler, generator, state,
@@ -222,4 +231,5 @@ def run_rl_stage(ctx: StageContext, stage: StageConfig, state: LoopState, resume
     return StageResult(losses, seconds, n / max(seconds, 1e-9))
 
 
-__all__ = ["REWARDS", "Snapshot", "TaskBatch", "conditions", "draw_batch", "make_rewards", "run_rl_stage", "task_of"]
+__all__ = ["REWARDS", "Snapshot", "TaskBatch", "conditions", "draw_batch", "make_rewards", "rewards_by_category",
+           "run_rl_stage", "task_of"]

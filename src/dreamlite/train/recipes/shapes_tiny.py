@@ -246,9 +246,18 @@ SHAPES_TINY_V7 = replace(
     init_from="runs/shapes-tiny-v6-rl/model", text_layer=3,
     corpus=replace(SHAPES_TINY_V6.corpus, seed=700_000))
 
+# RL on v7 (the best editor so far: 0.863 / 0.892), with v6-rl's damped stage unchanged. On v6 that stage removed the
+# empty canvases a flow-matching round leaves (single_object 0.82 -> 0.97) while holding editing; v7 lost GenEval to
+# exactly those blanks. The RL stage must read the encoder state v7 was trained on (MiniLM layer 3).
+SHAPES_TINY_V7_RL = replace(SHAPES_TINY_V6_RL, name="shapes-tiny-v7-rl", init_from="runs/shapes-tiny-v7/model",
+                            text_layer=3)
+
 # The mobile variant of the RL-tuned base: the same distillation schedule as every mobile recipe.
 SHAPES_TINY_V6_RL_MOBILE = replace(SHAPES_TINY_V3_MOBILE, name="shapes-tiny-v6-rl-mobile",
                                    init_from="runs/shapes-tiny-v6-rl/model")
+
+SHAPES_TINY_V7_RL_MOBILE = replace(SHAPES_TINY_V3_MOBILE, name="shapes-tiny-v7-rl-mobile",
+                                   init_from="runs/shapes-tiny-v7-rl/model", text_layer=3)
 
 # CI-sized: the same stage kinds and real rewards, a tiny random network, 2 RL iterations and 2 distill rounds.
 POST_QUICK = Recipe(
@@ -279,7 +288,9 @@ RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "sh
            "shapes-tiny-v6-mobile": SHAPES_TINY_V6_MOBILE,
            "shapes-tiny-v4-rl": SHAPES_TINY_V4_RL, "shapes-tiny-v5-rl": SHAPES_TINY_V5_RL,
            "shapes-tiny-v6-rl": SHAPES_TINY_V6_RL, "shapes-tiny-v6-rl2": SHAPES_TINY_V6_RL2,
-           "shapes-tiny-v6-rl-mobile": SHAPES_TINY_V6_RL_MOBILE, "shapes-tiny-v7": SHAPES_TINY_V7}
+           "shapes-tiny-v6-rl-mobile": SHAPES_TINY_V6_RL_MOBILE, "shapes-tiny-v7": SHAPES_TINY_V7,
+           "shapes-tiny-v7-rl": SHAPES_TINY_V7_RL,
+           "shapes-tiny-v7-rl-mobile": SHAPES_TINY_V7_RL_MOBILE}
 
 
 def ablation(arm: str, total_steps: int = 1500, batch_size: int = 128) -> Recipe:
