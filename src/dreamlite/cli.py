@@ -308,6 +308,88 @@ def _add_sampling_args(p: argparse.ArgumentParser, edit: bool) -> None:
                                          "paper's aspect tables, nearest to the source; default: the model's)")
 
 
+def _add_train_parser(sub) -> None:
+    """`dreamlite train [--recipe NAME]`, `train vae` and `train real`."""
+    train = sub.add_parser("train", help="run a training recipe (`train --recipe NAME`), or `train vae`")
+    train.add_argument("--recipe", default="shapes-tiny", help="recipe name or recipe .json file")
+    train.add_argument("--out", help="run folder (default runs/<recipe>)")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    train.add_argument("--no-eval", action="store_true", help="skip the per-stage benchmark evaluations")
+    train.add_argument("--stop-after", type=int, help="stop after this many training steps (resume later)")
+    train.set_defaults(func=cmd_train_run)
+    train_sub = train.add_subparsers(dest="train_command", required=False, metavar="[vae|real]")
+    p = train_sub.add_parser("vae", help="train the Shapes-world VAE on freshly rendered scenes")
+    p.add_argument("--out", required=True, help="checkpoint folder (diffusers AutoencoderTiny + training state)")
+    p.add_argument("--steps", type=int, help="total training steps (default 2000; on --resume the saved value)")
+    p.add_argument("--batch", type=int, help="images per step (default 32)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
+    p.add_argument("--size", type=int, help="image side in pixels (default 64)")
+    p.add_argument("--seed", type=int, help="initialisation and data-stream seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.set_defaults(func=cmd_train_vae)
+    p = train_sub.add_parser("real", help="train on real image-caption pairs and edit triplets (data JSON)")
+    p.add_argument("--recipe", default="dreamlite-0.39b", help="recipe name or recipe .json file")
+    p.add_argument("--data", required=True, help="data config JSON (sources and buckets; dreamlite.data.sources)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--text-encoder", help="local Qwen3-VL folder, a text encoder spec .json, or 'minilm' "
+                                          "(default $DREAMLITE_TEXT_ENCODER, else the recipe's)")
+    p.add_argument("--vae", help="AutoencoderTiny folder (default $DREAMLITE_VAE, else the recipe's vae_path)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p.add_argument("--stop-after", type=int, help="stop after this many training steps (resume later)")
+    p.set_defaults(func=cmd_train_real)
+
+
+def _add_eval_parser(sub) -> None:
+    """`dreamlite eval geneval|imgedit`."""
+    ev = sub.add_parser("eval", help="benchmarks in GenEval's and ImgEdit's formats on the Shapes world")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="BENCHMARK")
+    p = ev_sub.add_parser("geneval", help="text-to-image: GenEval layout, results.jsonl, per-tag summary")
+    _add_eval_source(p, "a scene satisfying each prompt")
+    p.add_argument("--metadata", help="GenEval metadata .jsonl (default: the shipped 600-prompt Shapes bench)")
+    p.add_argument("--outdir", default="outputs/geneval_shapes", help="output folder")
+    p.add_argument("--samples-per-prompt", type=int, help="images per prompt (default 4 when generating)")
+    p.add_argument("--size", type=int, default=64, help="ground-truth image size")
+    p.add_argument("--seed", type=int, default=0, help="first generation seed")
+    p.set_defaults(func=cmd_eval_geneval)
+    p = ev_sub.add_parser("imgedit", help="editing: <key>.png per edit, results.jsonl, per-type summary")
+    _add_eval_source(p, "each edit's target scene")
+    p.add_argument("--bench", help="basic_edit.json with targets.json and images/ beside it (default: shipped)")
+    p.add_argument("--outdir", default="outputs/imgedit_shapes", help="output folder")
+    p.set_defaults(func=cmd_eval_imgedit)
+
+
+def _add_export_parser(sub) -> None:
+    """`dreamlite export onnx|executorch|coreml`."""
+    p = sub.add_parser("export", help="export a model for on-device runtimes: "
+                                      "`export onnx|executorch|coreml --out DIR`")
+    p.add_argument("backend", metavar="BACKEND", help="export format: onnx, executorch or coreml (U-Net only)")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--out", required=True, help="output folder (must not exist or be empty; written atomically)")
+    p.add_argument("--resolution", help="image size R or WxH the U-Net is exported for (default: the model's)")
+    p.add_argument("--int8", action="store_true", help="also write int8 (dynamic) U-Net and text encoder")
+    p.add_argument("--int4", action="store_true",
+                   help="onnx: also write 4-bit (block-wise MatMulNBits) U-Net and text encoder")
+    p.add_argument("--int8-batches", default="1,2,3",
+                   help="executorch --int8: the fixed batch sizes of the int8 programs (default 1,2,3: the CFG rows "
+                        "of one image; 1 is enough for the guidance-free mobile variant)")
+    p.add_argument("--variant", choices=["base", "mobile"], help="U-Net variant (default: the model's default)")
+    p.set_defaults(func=cmd_export)
+
+
+def _add_data_parser(sub) -> None:
+    """`dreamlite data shapes`."""
+    data = sub.add_parser("data", help="write datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATASET")
+    p = data_sub.add_parser("shapes", help="Shapes-world training data as WebDataset shards or a plain folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n", type=int, required=True, help="samples per task")
+    p.add_argument("--task", choices=["t2i", "edit", "both"], default="both")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (8..512)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (below 1,000,000,000; above is benchmarks')")
+    p.add_argument("--format", choices=["wds", "folder"], default="wds")
+    p.set_defaults(func=cmd_data_shapes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreamlite", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -341,76 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgedit-limit", type=int, default=40, help="ImgEdit-Shapes edits to score")
     p.set_defaults(func=cmd_demo)
 
-    train = sub.add_parser("train", help="run a training recipe (`train --recipe NAME`), or `train vae`")
-    train.add_argument("--recipe", default="shapes-tiny", help="recipe name or recipe .json file")
-    train.add_argument("--out", help="run folder (default runs/<recipe>)")
-    train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    train.add_argument("--no-eval", action="store_true", help="skip the per-stage benchmark evaluations")
-    train.add_argument("--stop-after", type=int, help="stop after this many training steps (resume later)")
-    train.set_defaults(func=cmd_train_run)
-    train_sub = train.add_subparsers(dest="train_command", required=False, metavar="[vae|real]")
-    p = train_sub.add_parser("vae", help="train the Shapes-world VAE on freshly rendered scenes")
-    p.add_argument("--out", required=True, help="checkpoint folder (diffusers AutoencoderTiny + training state)")
-    p.add_argument("--steps", type=int, help="total training steps (default 2000; on --resume the saved value)")
-    p.add_argument("--batch", type=int, help="images per step (default 32)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
-    p.add_argument("--size", type=int, help="image side in pixels (default 64)")
-    p.add_argument("--seed", type=int, help="initialisation and data-stream seed (default 0)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.set_defaults(func=cmd_train_vae)
-    p = train_sub.add_parser("real", help="train on real image-caption pairs and edit triplets (data JSON)")
-    p.add_argument("--recipe", default="dreamlite-0.39b", help="recipe name or recipe .json file")
-    p.add_argument("--data", required=True, help="data config JSON (sources and buckets; dreamlite.data.sources)")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--text-encoder", help="local Qwen3-VL folder, a text encoder spec .json, or 'minilm' "
-                                          "(default $DREAMLITE_TEXT_ENCODER, else the recipe's)")
-    p.add_argument("--vae", help="AutoencoderTiny folder (default $DREAMLITE_VAE, else the recipe's vae_path)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    p.add_argument("--stop-after", type=int, help="stop after this many training steps (resume later)")
-    p.set_defaults(func=cmd_train_real)
-
-    ev = sub.add_parser("eval", help="benchmarks in GenEval's and ImgEdit's formats on the Shapes world")
-    ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="BENCHMARK")
-    p = ev_sub.add_parser("geneval", help="text-to-image: GenEval layout, results.jsonl, per-tag summary")
-    _add_eval_source(p, "a scene satisfying each prompt")
-    p.add_argument("--metadata", help="GenEval metadata .jsonl (default: the shipped 600-prompt Shapes bench)")
-    p.add_argument("--outdir", default="outputs/geneval_shapes", help="output folder")
-    p.add_argument("--samples-per-prompt", type=int, help="images per prompt (default 4 when generating)")
-    p.add_argument("--size", type=int, default=64, help="ground-truth image size")
-    p.add_argument("--seed", type=int, default=0, help="first generation seed")
-    p.set_defaults(func=cmd_eval_geneval)
-    p = ev_sub.add_parser("imgedit", help="editing: <key>.png per edit, results.jsonl, per-type summary")
-    _add_eval_source(p, "each edit's target scene")
-    p.add_argument("--bench", help="basic_edit.json with targets.json and images/ beside it (default: shipped)")
-    p.add_argument("--outdir", default="outputs/imgedit_shapes", help="output folder")
-    p.set_defaults(func=cmd_eval_imgedit)
-
-    p = sub.add_parser("export", help="export a model for on-device runtimes: "
-                                      "`export onnx|executorch|coreml --out DIR`")
-    p.add_argument("backend", metavar="BACKEND", help="export format: onnx, executorch or coreml (U-Net only)")
-    p.add_argument("--model", help="model folder (default: the shipped model)")
-    p.add_argument("--out", required=True, help="output folder (must not exist or be empty; written atomically)")
-    p.add_argument("--resolution", help="image size R or WxH the U-Net is exported for (default: the model's)")
-    p.add_argument("--int8", action="store_true", help="also write int8 (dynamic) U-Net and text encoder")
-    p.add_argument("--int4", action="store_true",
-                   help="onnx: also write 4-bit (block-wise MatMulNBits) U-Net and text encoder")
-    p.add_argument("--int8-batches", default="1,2,3",
-                   help="executorch --int8: the fixed batch sizes of the int8 programs (default 1,2,3: the CFG rows "
-                        "of one image; 1 is enough for the guidance-free mobile variant)")
-    p.add_argument("--variant", choices=["base", "mobile"], help="U-Net variant (default: the model's default)")
-    p.set_defaults(func=cmd_export)
-
-    data = sub.add_parser("data", help="write datasets")
-    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATASET")
-    p = data_sub.add_parser("shapes", help="Shapes-world training data as WebDataset shards or a plain folder")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=int, required=True, help="samples per task")
-    p.add_argument("--task", choices=["t2i", "edit", "both"], default="both")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (8..512)")
-    p.add_argument("--seed", type=int, default=0, help="training seed (below 1,000,000,000; above is benchmarks')")
-    p.add_argument("--format", choices=["wds", "folder"], default="wds")
-    p.set_defaults(func=cmd_data_shapes)
+    _add_train_parser(sub)
+    _add_eval_parser(sub)
+    _add_export_parser(sub)
+    _add_data_parser(sub)
     return parser
+
+
 
 
 def main(argv: list[str] | None = None) -> int:
