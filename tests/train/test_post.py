@@ -250,3 +250,18 @@ def _bank(dim: int, seed: int):
     lengths = torch.randint(1, 6, (10,), generator=g)
     return TextBank(torch.randn(int(lengths.sum()), dim, generator=g).half(), torch.cumsum(lengths, 0) - lengths,
                     lengths)
+
+
+def test_category_curves_average_each_tag_over_its_own_last_iterations():
+    from dreamlite.train.rl_watch import category_curves
+
+    rows = [{"stage": "rl", "step": 1, "by_category": {"position": 0.2, "colors": 1.0}},
+            {"stage": "rl", "step": 2, "by_category": {"add": 0.5}},
+            {"stage": "rl", "step": 3, "by_category": {"position": 0.4}},
+            {"stage": "rl", "step": 4, "by_category": {"position": 0.9}},
+            {"stage": "distill", "step": 5, "loss": 0.1}]  # rows without rewards are skipped
+    curves = category_curves(rows, window=2)
+    assert list(curves) == [("rl", "add"), ("rl", "colors"), ("rl", "position")]
+    steps, means = curves[("rl", "position")]
+    assert steps == [1, 3, 4] and means == pytest.approx([0.2, 0.3, 0.65])
+    assert curves[("rl", "colors")] == ([1], [1.0])

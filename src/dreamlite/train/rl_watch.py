@@ -23,6 +23,7 @@ import torch
 
 from dreamlite.sampling import Guidance, make_sigmas, sample, velocity
 from dreamlite.shapes import language
+from dreamlite.shapes.edits import EDIT_TYPES
 from dreamlite.shapes.spec import PromptSpec
 from dreamlite.shapes.tasks import check_training_seed
 from dreamlite.train.config import StageConfig
@@ -128,6 +129,22 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+CURVE_WINDOW = 20  # iterations of one category averaged per point (a few prompts each: single ones are noisy)
+
+
+def category_curves(loss_rows: list[dict], window: int = CURVE_WINDOW) -> dict[tuple[str, str], tuple[list, list]]:
+    """(stage, tag or edit type) -> (steps, trailing mean of the last ``window`` rewards of that category), from
+    the RL rows of ``loss.jsonl`` (their ``by_category``): the learning curve of each tag during RL."""
+    series: dict[tuple[str, str], tuple[list, list]] = {}
+    for row in loss_rows:
+        for category, reward in row.get("by_category", {}).items():
+            steps, values = series.setdefault((row["stage"], category), ([], []))
+            steps.append(row["step"])
+            values.append(reward)
+    return {key: (steps, [float(np.mean(values[max(0, i + 1 - window):i + 1])) for i in range(len(values))])
+            for key, (steps, values) in sorted(series.items())}
+
+
 def plot_watch(run_dir: Path) -> None:
     """Rewards on held-out and paraphrased sets, image statistics and drift over RL iterations (one PNG)."""
     import matplotlib
@@ -136,7 +153,7 @@ def plot_watch(run_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = read_rows(run_dir / WATCH_FILE)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     for stage in dict.fromkeys(r["stage"] for r in rows):
         pts = [r for r in rows if r["stage"] == stage]
         it = [r["iteration"] for r in pts]
@@ -147,12 +164,19 @@ def plot_watch(run_dir: Path) -> None:
     axes[0].set(title="reward on watch sets", xlabel="RL iteration", ylim=(0, 1))
     axes[1].set(title="image statistics of watch outputs", xlabel="RL iteration")
     axes[2].set(title="drift: mean ||v - v_ref||^2 on a probe batch", xlabel="RL iteration")
-    for ax in axes:
+    for (stage, category), (steps, means) in category_curves(read_rows(run_dir / "loss.jsonl")).items():
+        dashed = category in EDIT_TYPES  # edit types dashed, GenEval tags solid: 14 curves share 10 colours
+        axes[3].plot(steps, means, linestyle="--" if dashed else "-", label=f"{stage}: {category}")
+    axes[3].set(title=f"rollout reward per tag / edit type (mean of last {CURVE_WINDOW})", xlabel="step",
+                ylim=(0, 1))
+    for ax in axes[:3]:
         if ax.lines:
             ax.legend(fontsize=7)
+    if axes[3].lines:
+        axes[3].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(run_dir / WATCH_PLOT, dpi=100)
     plt.close(fig)
 
 
-__all__ = ["RLWatch", "image_stats", "paraphrase", "plot_watch", "read_rows"]
+__all__ = ["RLWatch", "category_curves", "image_stats", "paraphrase", "plot_watch", "read_rows"]
