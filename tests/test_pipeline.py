@@ -193,6 +193,8 @@ def test_text_layer_travels_with_the_folder(pipe, tmp_path):
     run = lambda p: p("a star", generator=torch.Generator().manual_seed(5), output_type="np", progress=False).images  # noqa: E731
     assert np.array_equal(run(layer3), run(again))
     assert not np.array_equal(run(layer3), run(pipe))
+    with pytest.raises(ValueError, match="reads MiniLM layer 3, but the text encoder given reads layer -1"):
+        DreamLitePipeline.from_pretrained(tmp_path / "m3", text_encoder=pipe.text_encoder)  # folder spec, no variant
 
 
 def test_a_variant_can_name_its_own_text_layer(pipe, tmp_path):

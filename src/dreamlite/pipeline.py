@@ -184,15 +184,14 @@ class DreamLitePipeline(DiffusionPipeline):
         sched_dir = root / "scheduler"
         scheduler = (FlowMatchEulerDiscreteScheduler.from_pretrained(sched_dir)
                      if (sched_dir / "scheduler_config.json").is_file() else default_scheduler())
-        spec_path = root / "text_encoder" / "spec.json"
-        spec = TextEncoderSpec.parse(json.loads(spec_path.read_text()) if spec_path.is_file() else "minilm")
+        spec = read_text_spec(root) or TextEncoderSpec(type="minilm")
         layer = defaults.variants[variant].text_layer
         if layer is not None:
             spec = replace(spec, layer=layer)
         if text_encoder is None:
             text_encoder = load_text_encoder(spec)
-        elif layer is not None and text_encoder.spec.layer != layer:
-            raise ValueError(f"variant {variant!r} of {root} reads MiniLM layer {layer}, but the text encoder "
+        elif text_encoder.spec.layer != spec.layer:  # the U-Net would read states it was never trained on
+            raise ValueError(f"variant {variant!r} of {root} reads MiniLM layer {spec.layer}, but the text encoder "
                              f"given reads layer {text_encoder.spec.layer}")
         return cls(unet=unet, vae=vae, text_encoder=text_encoder, scheduler=scheduler, defaults=defaults,
                    variant=variant)
@@ -328,6 +327,13 @@ class DreamLitePipeline(DiffusionPipeline):
                 raise ValueError(f"got {len(generator)} generators for {n} images")
             return torch.cat([torch.randn(1, C, h, w, generator=g) for g in generator])
         return torch.randn(n, C, h, w, generator=generator)
+
+
+def read_text_spec(root: str | Path) -> TextEncoderSpec | None:
+    """The text encoder a pipeline folder references (``text_encoder/spec.json``); None when it names none (a bare
+    U-Net folder, or a folder from before the spec existed)."""
+    path = Path(root) / "text_encoder" / "spec.json"
+    return TextEncoderSpec.parse(json.loads(path.read_text())) if path.is_file() else None
 
 
 def load_unet(folder: Path) -> MobileUNet:

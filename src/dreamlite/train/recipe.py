@@ -100,12 +100,12 @@ def check_init_text_encoder(recipe: Recipe, folder: Path) -> None:
     rollouts, the teacher), so it must read the text states that model was trained on: a different encoder or
     MiniLM layer would score a model on inputs it never saw. A flow-matching first stage may switch (it re-adapts
     the cross-attention, as shapes-tiny-v7 does), and a bare U-Net folder records no encoder, so both pass."""
-    spec_path = folder / "text_encoder" / "spec.json"
-    if recipe.stages[0].kind == "flow" or not spec_path.is_file():
+    from dreamlite.pipeline import read_text_spec
+
+    spec = read_text_spec(folder)
+    if recipe.stages[0].kind == "flow" or spec is None:
         return
-    spec = json.loads(spec_path.read_text())
-    theirs = (spec.get("type"), spec.get("layer", -1))
-    mine = (recipe.text_encoder, recipe.text_layer)
+    theirs, mine = (spec.type, spec.layer), (recipe.text_encoder, recipe.text_layer)
     if theirs != mine:
         raise ValueError(f"init_from {folder}: its U-Net was trained on text encoder {theirs[0]!r} layer "
                          f"{theirs[1]}, but recipe {recipe.name!r} (first stage {recipe.stages[0].kind!r}) reads "
