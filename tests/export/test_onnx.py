@@ -266,6 +266,26 @@ def test_other_resolution_export(model_dir, torch_pipe, tmp_path):
         load_onnx_pipeline(r.path, int4=["unet"])
 
 
+def test_place_embedding_exports_and_matches_pytorch(encoder, tmp_path):
+    """A U-Net with ``position_embed`` (its canvas coordinates are computed in the graph) exports exactly too."""
+    torch.manual_seed(1)
+    vae = make_vae(VAEConfig(image_size=32)).eval()
+    unet = MobileUNet.from_preset("tiny", in_channels=4, out_channels=4, **{**UNET, "position_embed": 2}).eval()
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if ".pos_proj." in name:
+                p.normal_(std=0.5)  # trained-looking: the place embedding must move the output
+    defaults = PipelineDefaults(resolution=(32, 32), variants={"base": VariantDefaults("unet", 2, 2.0, 1.5)})
+    folder = DreamLitePipeline(unet=unet, vae=vae, text_encoder=encoder, defaults=defaults).save_pretrained(
+        tmp_path / "model")
+    r = export_onnx(folder, tmp_path / "onnx")
+    onnx_unet = OnnxUNet(make_session(r.path / FILES["unet"], None), {}, [4, 8, 16])
+    x, t, text, mask, ids = _unet_inputs(2, 6, seed=3)
+    with torch.no_grad():
+        ref = unet(x, t, text, mask, ids)
+    assert (onnx_unet(x, t, text, mask, ids) - ref).abs().max().item() < ATOL
+
+
 # --------------------------------------------------------------------------------------------- int8 / int4
 # (precision, ops that must appear per graph, bound on the U-Net's relative error, on MiniLM's, min MiniLM
 # token cosine); int4 also packs MiniLM's embedding tables (GatherBlockQuantized)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dreamlite import MobileUNet, pack
-from dreamlite.models.unet import sinusoid
+from dreamlite.models.unet import canvas_coordinates, sinusoid
 from dreamlite.profile import count_params
 
 
@@ -175,3 +175,33 @@ def test_halves_interact():
         a = model(**{**x, "sample": pack(target)})[..., :8]
         b = model(**{**x, "sample": pack(target, torch.randn_like(target))})[..., :8]
     assert (a - b).abs().max() > 1e-4
+
+
+def test_canvas_coordinates_are_per_half_and_order_left_to_right():
+    H, W, F = 3, 8, 2
+    f = canvas_coordinates(H, W, F, torch.device("cpu"), torch.float32).view(H, W, 4 * F + 1)
+    u = (torch.arange(4) + 0.5) / 4  # place across a half of width 4
+    torch.testing.assert_close(f[0, :4, 3 * F], torch.cos(torch.pi * u))  # cos(pi u): column features start at 2F
+    assert torch.equal(f[:, :4, 2 * F:4 * F], f[:, 4:, 2 * F:4 * F])  # a target token and its source share u, v
+    assert torch.all(f[..., -1][:, :4] == 1) and torch.all(f[..., -1][:, 4:] == -1)  # which half
+    assert torch.all(torch.diff(f[0, :4, 3 * F]) < 0)  # cos(pi u) falls left to right: left differs from right
+    v = (torch.arange(H) + 0.5) / H
+    torch.testing.assert_close(f[:, 0, F], torch.cos(torch.pi * v))  # rows: the same features of v
+    assert torch.equal(f[:, 0, :2 * F], f[:, 5, :2 * F])
+
+
+def test_place_embedding_starts_as_nothing_and_is_in_the_path():
+    plain, placed = small(), small(position_embed=3)
+    missing, unexpected = placed.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(".pos_proj." in k for k in missing)
+    x = inputs(plain)
+    with torch.no_grad():
+        torch.testing.assert_close(placed(**x), plain(**x))  # zero-initialised: the same function
+        for name, p in placed.named_parameters():
+            if ".pos_proj." in name:
+                p.normal_(std=0.5)
+        moved = placed(**x)
+    assert (moved - plain(**x)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="position_embed"):
+        small(position_embed=-1)
+

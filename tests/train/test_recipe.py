@@ -117,6 +117,28 @@ def test_drop_pooled_text_loads_everything_else(tmp_path):
         init_weights(_unet(pooled_text_embed=True), tmp_path / "m", drop_pooled_text=True)
 
 
+def test_position_embed_grows_over_a_saved_network_without_it(tmp_path):
+    base = _unet()
+    base.save_pretrained(tmp_path / "m" / "unet")
+    placed = _unet(position_embed=4)
+    init_weights(placed, tmp_path / "m")  # switching the place embedding on needs no flag: it starts as nothing
+    new = [k for k in placed.state_dict() if k not in base.state_dict()]
+    assert new and all(".pos_proj." in k for k in new)
+    assert all(torch.equal(placed.state_dict()[k], v) for k, v in base.state_dict().items())
+    with torch.no_grad():
+        torch.testing.assert_close(placed(*_inputs()), base(*_inputs()))
+    up = tuple(base.config.up_attention)
+    both = _unet(position_embed=4, up_attention=up[:-1] + ("self+cross",))
+    init_weights(both, tmp_path / "m", grow_attention=True)  # with grown transformers at once
+    with torch.no_grad():
+        torch.testing.assert_close(both(*_inputs()), base(*_inputs()), atol=1e-6, rtol=1e-5)
+    placed.save_pretrained(tmp_path / "p" / "unet")
+    with pytest.raises(ValueError, match=r"differs from the recipe's in \['position_embed'\]"):
+        init_weights(_unet(), tmp_path / "p")  # removing it would drop trained weights: refused
+    with pytest.raises(ValueError, match=r"differs from the recipe's in \['position_embed'\]"):
+        init_weights(_unet(position_embed=2), tmp_path / "p")
+
+
 def test_recipe_with_init_from_starts_from_those_weights(tmp_path):
     base = _unet()
     with torch.no_grad():

@@ -17,6 +17,10 @@ architectural switch of the official 0.39B network is a config field:
 * ``size_embed_dim`` - the (width, height) ``time_ids`` size conditioning, 0 to disable.
 * ``pooled_text_embed`` - (ours, off for the paper's preset) a masked mean of the projected text added to
   the time embedding; it gives very small models a global summary of the prompt.
+* ``position_embed`` - (ours, 0 = off as in the paper's network) F Fourier frequencies of each token's place in
+  its half of the canvas, projected (zero-initialised, so switching it on keeps a trained network's function) and
+  added to the tokens of every transformer. Without it a query learns where it is only from conv zero padding;
+  "the first noun goes left" needs the query to know left from right (BENCHMARKS.md, "Where position fails").
 
 Module and parameter names follow the official checkpoint, so official weights and PEFT LoRA adapters
 (``to_q``, ``to_k``, ``to_v``, ``to_out.0``) load without renaming.
@@ -193,14 +197,37 @@ class TransformerBlock(nn.Module):
         return x + self.ff(self.norm3(x))
 
 
+def canvas_coordinates(H: int, W: int, freqs: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Fourier features of each token's place on the packed canvas, [H*W, 4*freqs + 1], row-major as the tokens.
+
+    Coordinates are per half (u, v in [0, 1) across the target half and again across the condition half, so a target
+    token and the source token it edits share them) plus one feature saying which half (+1 target, -1 condition).
+    Frequencies pi * 2^k, k < freqs: cos(pi u) alone already orders left to right."""
+    cols = (torch.arange(W, device=device, dtype=torch.float32) + 0.5) / W  # [W] in (0, 1) over the canvas
+    u = (2 * cols) % 1.0  # [W] place within its half
+    half = torch.where(cols < 0.5, 1.0, -1.0)  # [W]
+    v = (torch.arange(H, device=device, dtype=torch.float32) + 0.5) / H  # [H]
+    k = math.pi * 2.0 ** torch.arange(freqs, device=device, dtype=torch.float32)  # [F]
+    fu = torch.cat([torch.sin(u[:, None] * k), torch.cos(u[:, None] * k)], 1)  # [W, 2F]
+    fv = torch.cat([torch.sin(v[:, None] * k), torch.cos(v[:, None] * k)], 1)  # [H, 2F]
+    feats = torch.cat([fv[:, None, :].expand(H, W, -1), fu[None].expand(H, W, -1),
+                       half[None, :, None].expand(H, W, 1)], -1)  # [H, W, 4F + 1]
+    return feats.reshape(H * W, -1).to(dtype)
+
+
 class Transformer2D(nn.Module):
-    """GroupNorm -> tokens -> Linear -> blocks -> Linear -> map, residual around the whole."""
+    """GroupNorm -> tokens -> Linear (+ place embedding) -> blocks -> Linear -> map, residual around the whole."""
 
     def __init__(self, dim: int, depth: int, heads: int, groups: int, context_dim: int, kv_heads: int,
-                 qk_norm: bool, ff_mult: int, self_attention: bool):
+                 qk_norm: bool, ff_mult: int, self_attention: bool, position_freqs: int = 0):
         super().__init__()
         self.norm = nn.GroupNorm(groups, dim, eps=1e-6)
         self.proj_in = nn.Linear(dim, dim)
+        self.position_freqs = position_freqs
+        if position_freqs:
+            self.pos_proj = nn.Linear(4 * position_freqs + 1, dim)
+            nn.init.zeros_(self.pos_proj.weight)  # starts as no embedding: a trained network keeps its function
+            nn.init.zeros_(self.pos_proj.bias)
         self.transformer_blocks = nn.ModuleList(
             TransformerBlock(dim, context_dim, heads, kv_heads, qk_norm, ff_mult, self_attention)
             for _ in range(depth)
@@ -211,6 +238,8 @@ class Transformer2D(nn.Module):
         B, C, H, W = x.shape
         h = self.norm(x).permute(0, 2, 3, 1).reshape(B, H * W, C)  # [B, N, C], row-major tokens
         h = self.proj_in(h)
+        if self.position_freqs:
+            h = h + self.pos_proj(canvas_coordinates(H, W, self.position_freqs, h.device, h.dtype))  # [B, N, C]
         for block in self.transformer_blocks:
             h = block(h, text, bias)
         h = self.proj_out(h).view(B, H, W, C).permute(0, 3, 1, 2)  # [B, C, H, W]
@@ -315,6 +344,7 @@ class MobileUNet(ModelMixin, ConfigMixin):
         time_embed_dim: int = 1024,
         size_embed_dim: int = 256,
         pooled_text_embed: bool = False,
+        position_embed: int = 0,
         norm_num_groups: int = 32,
         norm_eps: float = 1e-5,
     ):
@@ -380,6 +410,8 @@ class MobileUNet(ModelMixin, ConfigMixin):
             raise ValueError(f"config.text_proj must be 'rms', 'linear' or 'none', got {cfg.text_proj!r}")
         if cfg.text_proj == "none" and cfg.text_embed_dim != cfg.cross_attention_dim:
             raise ValueError("text_proj='none' needs text_embed_dim == cross_attention_dim")
+        if not isinstance(cfg.position_embed, int) or cfg.position_embed < 0:
+            raise ValueError(f"config.position_embed must be a number of frequencies >= 0, got {cfg.position_embed!r}")
         for c in cfg.block_out_channels:
             if c % cfg.norm_num_groups:
                 raise ValueError(f"block width {c} is not divisible by norm_num_groups={cfg.norm_num_groups}")
@@ -387,7 +419,7 @@ class MobileUNet(ModelMixin, ConfigMixin):
     def make_transformer(self, dim: int, depth: int, heads: int, self_attention: bool) -> Transformer2D:
         cfg = self.config
         return Transformer2D(dim, depth, heads, cfg.norm_num_groups, cfg.cross_attention_dim, cfg.num_kv_heads,
-                             cfg.qk_norm, cfg.ff_mult, self_attention)
+                             cfg.qk_norm, cfg.ff_mult, self_attention, cfg.position_embed)
 
     def _check_inputs(self, sample: Tensor, text: Tensor, mask: Tensor | None, time_ids: Tensor | None) -> None:
         cfg = self.config

@@ -120,7 +120,9 @@ def init_weights(unet: MobileUNet, folder: Path, grow_attention: bool = False, d
     (net2net-style growth): every other weight loads exactly and each new transformer starts as the identity
     (its ``proj_out`` is zero and it is residual), so the grown network's first output equals the old one's.
     With ``drop_pooled_text``, the saved network has the pooled text path and ``unet`` has not: those weights
-    are left out (the one change that removes a path; the network then differs from its first output)."""
+    are left out (the one change that removes a path; the network then differs from its first output).
+    A ``unet`` with ``position_embed`` over a saved network without it keeps its zero-initialised place
+    projections (every other weight loads exactly), so it too starts as the saved network's function."""
     from dreamlite.pipeline import load_unet
 
     unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
@@ -135,6 +137,9 @@ def init_weights(unet: MobileUNet, folder: Path, grow_attention: bool = False, d
             raise ValueError(f"init_from {folder}: drop_pooled_text needs a saved U-Net with pooled_text_embed "
                              "and a recipe U-Net without it")
         theirs["pooled_text_embed"] = False
+    grow_position = not theirs.get("position_embed", 0) and mine.get("position_embed", 0) > 0
+    if grow_position:
+        theirs["position_embed"] = mine["position_embed"]
     diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     grown = _grown_levels(mine, theirs) if grow_attention else None
     if diff and grown is None:
@@ -142,15 +147,15 @@ def init_weights(unet: MobileUNet, folder: Path, grow_attention: bool = False, d
         raise ValueError(f"init_from {folder}: its U-Net differs from the recipe's in {diff}{hint}")
     state = {k: v.float() for k, v in base.state_dict().items()
              if not (drop_pooled_text and k.startswith("pooled_text_proj."))}
-    if not diff:
-        unet.load_state_dict(state)
-        return
-    prefixes = tuple(f"{name}.attentions." for name in grown)
-    missing, unexpected = unet.load_state_dict(state, strict=False)
-    stray = [k for k in missing if not k.startswith(prefixes)]
+    prefixes = tuple(f"{name}.attentions." for name in grown or [])
+    place = (".pos_proj.weight", ".pos_proj.bias") if grow_position else ()
+    missing, unexpected = unet.load_state_dict(state, strict=not (diff or grow_position))
+    stray = [k for k in missing if not (k.startswith(prefixes) or (place and k.endswith(place)))]
     if unexpected or stray:
-        raise ValueError(f"init_from {folder}: growing {grown} left unmatched weights: "
+        raise ValueError(f"init_from {folder}: growing {grown or 'position_embed'} left unmatched weights: "
                          f"missing {stray[:5]}, unexpected {unexpected[:5]}")
+    if not diff:
+        return
     with torch.no_grad():
         for name in grown:
             for transformer in unet.get_submodule(f"{name}.attentions"):
