@@ -249,6 +249,48 @@ def pooled_swap(model: Path, per_shape: int = 8) -> dict[str, dict[str, float]]:
     return table
 
 
+@torch.no_grad()
+def side_by_noise(model: Path, seeds: int = 12) -> dict[str, float]:
+    """Measurement 5: share of seeds whose arrangement of A and B is the same under all four prompts, and share of
+    images (with both shapes) on the asked side."""
+    from dreamlite.pipeline import DreamLitePipeline
+    from dreamlite.shapes.detect import detect
+    from dreamlite.shapes.geometry import relative_position
+
+    pipe = DreamLitePipeline.from_pretrained(model)
+    cases = [(("left of", "right of"), ("star", "square")), (("left of", "right of"), ("heart", "triangle")),
+             (("above", "below"), ("circle", "star")), (("above", "below"), ("square", "heart"))]
+    same, seen, right, drawn = 0, 0, 0, 0
+    for (rel, inv), (a, b) in cases:
+        prompts = [(a, rel, b), (b, rel, a), (a, inv, b), (b, inv, a)]
+        sides = []  # per prompt, per seed: does A stand in relation `rel` to B? (None: not both drawn / too close)
+        for subject, relation, reference in prompts:
+            images = pipe([f"a photo of a {subject} {relation} a {reference}"] * seeds, output_type="np",
+                          generator=[torch.Generator().manual_seed(2000 + i) for i in range(seeds)],
+                          progress=False).images
+            row = []
+            for image in images:
+                boxes = {}
+                for d in detect(np.asarray(image)):
+                    boxes.setdefault(d.cls, np.asarray(d.box, dtype=float))
+                if a in boxes and b in boxes:
+                    found = relative_position(boxes[a], boxes[b])
+                    row.append(True if rel in found else False if inv in found else None)
+                else:
+                    row.append(None)
+                if row[-1] is not None:
+                    drawn += 1
+                    wants = (subject == a) == (relation == rel)  # A must stand `rel` of B
+                    right += row[-1] == wants
+            sides.append(row)
+        for per_seed in zip(*sides):
+            if None not in per_seed:
+                seen += 1
+                same += len(set(per_seed)) == 1
+    return {"seeds with all four drawn": seen, "same arrangement under all four prompts": same / max(seen, 1),
+            "images with both shapes": drawn, "on the asked side": right / max(drawn, 1)}
+
+
 def has_pooled_text(model: Path) -> bool:
     """Whether the model folder's U-Net adds a pooled text vector to its time embedding."""
     folder = model / "unet" if (model / "unet" / "config.json").is_file() else model
@@ -286,6 +328,10 @@ def main() -> None:
                   + "---:|" * len(cols))
             for name, row in swap.items():
                 print(f"| {name} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + " |")
+        side = side_by_noise(Path(args.model))
+        print("\n| noise or words | " + " | ".join(side) + " |\n|---|" + "---:|" * len(side))
+        print("| " + args.model + " | " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v)
+                                                     for v in side.values()) + " |")
     print("\n| MiniLM layer | noun -> own colour | -> other object's colour |\n|---:|---:|---:|")
     for layer, acc, other in text_probe():
         print(f"| {layer} | {acc:.3f} | {other:.3f} |")

@@ -13,8 +13,8 @@ from dreamlite.presets import preset_config
 from dreamlite.sampling import Conditions
 from dreamlite.shapes.tasks import RESERVED_SEED_START
 from dreamlite.train.flow import flow_matching_loss
-from dreamlite.train.rl import (NFTConfig, benchmark_texts, frozen_copy, group_advantages, latent_reward,
-                                nft_iteration, nft_loss, nft_step_loss, optimality_probability, reward_weights,
+from dreamlite.train.rl import (NFTConfig, benchmark_texts, collect_rollouts, frozen_copy, group_advantages,
+                                latent_reward, nft_iteration, nft_update, nft_loss, nft_step_loss, optimality_probability, reward_weights,
                                 rl_edit_cases, rl_rng, rl_t2i_prompts, soft_update)
 
 SMALL = dict(block_out_channels=(32, 64, 96), num_attention_heads=(1, 2, 3), cross_attention_dim=64,
@@ -175,13 +175,13 @@ def projection_reward(latents: torch.Tensor, cond) -> torch.Tensor:
     return torch.sigmoid(2 * latents.flatten(1) @ GOAL)  # [N] in (0, 1): higher along GOAL
 
 
-def run_toy(iterations: int, kl_weight: float = 0.0, seed: int = 0):
+def run_toy(iterations: int, kl_weight: float = 0.0, seed: int = 0, noise: str = "fresh"):
     g = torch.Generator().manual_seed(seed)
     policy = GaussianPolicy()
     old, ref = frozen_copy(policy), frozen_copy(policy)
     opt = torch.optim.Adam(policy.parameters(), lr=0.05)
     cfg = NFTConfig(group_size=8, beta=1.0, minibatch=16, epochs=2, old_decay=0.3, grad_clip=0.0,
-                    kl_weight=kl_weight)
+                    kl_weight=kl_weight, noise=noise)
     cond = Conditions(text=torch.zeros(4, 1, 4), mask=torch.ones(4, 1), time_ids=torch.ones(4, 2))
     sigmas = torch.linspace(1.0, 0.0, 9)
     stats = [nft_iteration(policy, old, opt, cond, sigmas, (2, 1, 1), projection_reward, cfg, g, ref)
@@ -201,6 +201,51 @@ def test_nft_moves_a_toy_policy_towards_high_reward():
     # the guard towards the frozen start holds the policy back
     m_guarded, _ = run_toy(25, kl_weight=1.0)
     assert 0.05 < (m_guarded @ GOAL).item() < 0.2 * along, m_guarded
+
+
+def test_rollout_noise_moves_the_toy_policy_too():
+    m, stats = run_toy(25, noise="rollout")
+    along, across = (m @ GOAL).item(), (m[0] - m[1]).abs().item() / math.sqrt(2)
+    assert along > 0.5 and across < 0.35 * along, m
+    assert np.mean([s.reward_mean for s in stats[-3:]]) > np.mean([s.reward_mean for s in stats[:3]]) + 0.1
+
+
+class Recorder(torch.nn.Module):
+    """A policy that remembers the target half of every canvas and time it is called with."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.calls = []
+
+    def forward(self, canvas, t_in, text, mask, time_ids):
+        self.calls.append((unpack(canvas).detach().clone(), (t_in.float() / 1000).detach().clone()))
+        return canvas * self.w
+
+
+def test_rollout_noise_puts_x_t_on_the_line_from_each_start_noise_to_its_image():
+    cond = Conditions(text=torch.zeros(3, 1, 4), mask=torch.ones(3, 1), time_ids=torch.ones(3, 2))
+    old = GaussianPolicy()
+    start_gen = torch.Generator().manual_seed(5)
+    x0, rep, start = collect_rollouts(old, cond, torch.linspace(1.0, 0.0, 5), 4, (2, 1, 1), start_gen)
+    assert torch.equal(start, torch.randn(12, 2, 1, 1, generator=torch.Generator().manual_seed(5)))
+    assert x0.shape == start.shape == (12, 2, 1, 1) and not torch.allclose(x0, start)
+    r = torch.rand(12, generator=torch.Generator().manual_seed(1))
+    for mode, on_line in (("rollout", True), ("fresh", False)):
+        policy = Recorder()
+        cfg = NFTConfig(group_size=4, minibatch=5, grad_clip=0.0, noise=mode)
+        nft_update(policy, frozen_copy(GaussianPolicy()), torch.optim.SGD(policy.parameters(), lr=0.0), x0, rep, r,
+                   cfg, torch.Generator().manual_seed(2), start_noise=start)
+        assert sum(len(x) for x, _ in policy.calls) == 12  # one pass over all rollouts in minibatches
+        for x_t, t in policy.calls:  # each row must be (1 - t) x0_i + t start_i for some rollout i
+            line = (1 - t[:, None, None, None, None]) * x0[None] + t[:, None, None, None, None] * start[None]
+            err = (line - x_t[:, None]).flatten(2).abs().amax(-1).amin(-1)  # [b]: distance to the nearest rollout
+            assert bool((err < 1e-6).all()) is on_line, (mode, err)
+    with pytest.raises(ValueError, match="noise='rollout' needs the rollouts' start noise"):
+        nft_update(Recorder(), GaussianPolicy(), None, x0, rep, r, NFTConfig(group_size=4, noise="rollout"),
+                   torch.Generator())
+    with pytest.raises(ValueError, match="unknown noise mode 'pinned'"):
+        NFTConfig(noise="pinned")
 
 
 def test_latent_reward_decodes_and_repeats_prompts_per_group():

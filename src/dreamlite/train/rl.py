@@ -19,6 +19,12 @@ One iteration:
    Its minimiser is v_theta = v_old + (2 / beta) * (improvement direction), so beta sets the step size.
 4. **Old policy.** v_old moves towards v_theta by a soft (EMA) update, old <- eta old + (1 - eta) theta.
 
+``NFTConfig.noise = "rollout"`` (ours) replaces the fresh noise of step 3 by each sample's own starting noise, so
+x_t lies on the straight line from the noise a rollout started at to the image it ended at (rectified flow's
+"reflow" coupling). With fresh noise the update only learns where good images lie; with the rollout's noise it
+also learns which image *that* noise should become. A decision the ODE sampler takes from the starting noise in
+its first steps - which of two shapes goes left (BENCHMARKS.md, "noise or words") - is credited only this way.
+
 At theta = theta_old the loss equals plain flow matching whatever r is, and its gradient is
 2 beta (2r - 1) (v_theta - v) dv_theta/dtheta: samples better than their group's mean (r > 1/2) are fitted,
 worse ones (r < 1/2) are pushed away from, r = 1/2 teaches nothing. The method needs no CFG at training time;
@@ -46,6 +52,7 @@ from dreamlite.sampling import NO_GUIDANCE, Conditions, Guidance, sample, veloci
 from dreamlite.shapes.tasks import EditCaseSample, check_training_seed, sample_edit_cases, sample_t2i_prompts
 
 STD_MODES = ("group", "global", "none")
+NOISE_MODES = ("fresh", "rollout")
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ class NFTConfig:
     grad_clip: float = 1.0
     t_mean: float = 0.0  # fresh t per update: logit-normal, as the pre-training loop
     t_std: float = 1.0
+    noise: str = "fresh"  # noise of the update: "fresh" (DiffusionNFT) or "rollout" (each sample's starting noise)
     guidance: Guidance = field(default_factory=Guidance)  # rollout guidance only (NFT itself is CFG-free)
 
     def __post_init__(self) -> None:
@@ -74,6 +82,8 @@ class NFTConfig:
             raise ValueError("need beta > 0, adv_scale > 0, kl_weight >= 0 and old_decay in [0, 1]")
         if self.epochs < 1 or self.minibatch < 1:
             raise ValueError("epochs and minibatch must be >= 1")
+        if self.noise not in NOISE_MODES:
+            raise ValueError(f"unknown noise mode {self.noise!r}; known: {', '.join(NOISE_MODES)}")
 
 
 # ------------------------------------------------------------------------------------------ rewards -> r
@@ -170,8 +180,10 @@ def select(cond: Conditions, index: Tensor) -> Conditions:
 @torch.no_grad()
 def collect_rollouts(old: Callable, cond: Conditions, sigmas: Tensor, group_size: int,
                      latent_shape: tuple[int, int, int], generator: torch.Generator,
-                     guidance: Guidance = NO_GUIDANCE, device: torch.device | str = "cpu") -> tuple[Tensor, Conditions]:
-    """K = ``group_size`` samples per prompt from the old policy: (latents [P*K, C, h, w], conditions [P*K]).
+                     guidance: Guidance = NO_GUIDANCE, device: torch.device | str = "cpu"
+                     ) -> tuple[Tensor, Conditions, Tensor]:
+    """K = ``group_size`` samples per prompt from the old policy: (latents [P*K, C, h, w], conditions [P*K],
+    the noise each started from [P*K, C, h, w]).
 
     ``cond`` holds P prompts; rows are prompt-major (``Conditions.repeat``). Noise is drawn on the CPU from
     ``generator`` so a rollout is reproducible on any device.
@@ -179,7 +191,7 @@ def collect_rollouts(old: Callable, cond: Conditions, sigmas: Tensor, group_size
     rep = cond.repeat(group_size)
     n = rep.text.shape[0]
     noise = torch.randn(n, *latent_shape, generator=generator).to(device)
-    return sample(old, noise, sigmas, rep, guidance), rep
+    return sample(old, noise, sigmas, rep, guidance), rep, noise
 
 
 def soft_update(old: torch.nn.Module, policy: torch.nn.Module, decay: float) -> None:
@@ -200,18 +212,26 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 def nft_update(policy: torch.nn.Module, old: Callable, optimizer: torch.optim.Optimizer, x0: Tensor,
                cond: Conditions, r: Tensor, cfg: NFTConfig, generator: torch.Generator,
-               reference: Callable | None = None, backward: Callable[[Tensor], None] | None = None) -> list[float]:
+               reference: Callable | None = None, backward: Callable[[Tensor], None] | None = None,
+               start_noise: Tensor | None = None) -> list[float]:
     """``cfg.epochs`` passes of minibatch steps of ``nft_step_loss`` over rollouts x0 [N, C, h, w] with
-    weights r [N]; fresh t and noise every step, drawn from ``generator``. Returns the loss of each step.
+    weights r [N]; fresh t every step, drawn from ``generator``, and fresh noise, or with ``cfg.noise ==
+    "rollout"`` each sample's ``start_noise`` [N, C, h, w]. Returns the loss of each step.
     ``backward`` (e.g. ``accelerator.backward``) defaults to ``loss.backward()``."""
     n, device, losses = x0.shape[0], x0.device, []
+    if cfg.noise == "rollout" and (start_noise is None or start_noise.shape != x0.shape):
+        raise ValueError(f"noise='rollout' needs the rollouts' start noise of shape {tuple(x0.shape)}, got "
+                         f"{None if start_noise is None else tuple(start_noise.shape)}")
     policy.train()
     for _ in range(cfg.epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, cfg.minibatch):
             idx = order[start:start + cfg.minibatch]
             t = sample_t_logit_normal(len(idx), cfg.t_mean, cfg.t_std, generator=generator).to(device)
-            noise = torch.randn(len(idx), *x0.shape[1:], generator=generator).to(device, x0.dtype)
+            if cfg.noise == "rollout":
+                noise = start_noise[idx.to(start_noise.device)].to(device, x0.dtype)  # [b, C, h, w]
+            else:
+                noise = torch.randn(len(idx), *x0.shape[1:], generator=generator).to(device, x0.dtype)
             out = nft_step_loss(policy, old, x0[idx.to(device)], select(cond, idx), r[idx].to(device), t, noise,
                                 cfg.beta, reference, cfg.kl_weight)
             (backward or Tensor.backward)(out.loss)
@@ -244,13 +264,14 @@ def nft_iteration(policy: torch.nn.Module, old: torch.nn.Module, optimizer: torc
     ``policy``, then soft-update ``old``. ``reward_fn(latents [P*K, C, h, w], conditions) -> [P*K]`` (see
     ``latent_reward`` to decode and score with a ``Reward``)."""
     device = next(policy.parameters()).device
-    x0, rep = collect_rollouts(old, cond, sigmas, cfg.group_size, latent_shape, generator, cfg.guidance, device)
+    x0, rep, start = collect_rollouts(old, cond, sigmas, cfg.group_size, latent_shape, generator, cfg.guidance,
+                                      device)
     raw = reward_fn(x0, rep).float().cpu()  # [P*K]
     if raw.shape != (x0.shape[0],):
         raise ValueError(f"reward_fn returned shape {tuple(raw.shape)} for {x0.shape[0]} samples")
     r = reward_weights(raw, cfg)
     rep = replace(rep, uncond_text=None, uncond_mask=None)  # the update is CFG-free
-    losses = nft_update(policy, old, optimizer, x0, rep, r, cfg, generator, reference, backward)
+    losses = nft_update(policy, old, optimizer, x0, rep, r, cfg, generator, reference, backward, start)
     soft_update(old, getattr(policy, "module", policy), cfg.old_decay)  # DDP-wrapped or not
     return NFTStats(raw.mean().item(), raw.std(unbiased=False).item(), r.mean().item(),
                     (r != 0.5).float().mean().item(), tuple(losses),
@@ -315,7 +336,7 @@ def rl_edit_cases(rng: np.random.Generator, n: int, size: int = 64, type_weights
     raise RuntimeError(f"could not draw {n} RL edits outside the benchmark (phrasings {phrasings!r})")
 
 
-__all__ = ["NFTConfig", "NFTLoss", "NFTStats", "STD_MODES", "benchmark_texts", "collect_rollouts", "frozen_copy",
+__all__ = ["NFTConfig", "NFTLoss", "NFTStats", "NOISE_MODES", "STD_MODES", "benchmark_texts", "collect_rollouts", "frozen_copy",
            "group_advantages", "latent_reward", "nft_iteration", "nft_loss", "nft_step_loss", "nft_update",
            "optimality_probability", "reward_weights", "rl_edit_cases", "rl_rng", "rl_t2i_prompts", "select",
            "soft_update"]
