@@ -20,7 +20,8 @@ architectural switch of the official 0.39B network is a config field:
 * ``position_embed`` - (ours, 0 = off as in the paper's network) F Fourier frequencies of each token's place in
   its half of the canvas, projected (zero-initialised, so switching it on keeps a trained network's function) and
   added to the tokens of every transformer. Without it a query learns where it is only from conv zero padding;
-  "the first noun goes left" needs the query to know left from right (BENCHMARKS.md, "Where position fails").
+  "the first noun goes left" needs the query to know left from right. On the Shapes model it did not move
+  position's side (BENCHMARKS.md, "v8"): there the starting noise, not the query, decides the side.
 
 Module and parameter names follow the official checkpoint, so official weights and PEFT LoRA adapters
 (``to_q``, ``to_k``, ``to_v``, ``to_out.0``) load without renaming.
