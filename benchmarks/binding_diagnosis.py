@@ -85,16 +85,22 @@ def relation_confusion(results: Path) -> dict[str, dict[str, int]]:
     for row in (r for r in rows if r["tag"] == "position"):
         reference, subject = json.loads(row["metadata"])["include"]  # subject carries ["relation", 0]
         asked = subject["position"][0]
-        first = {}
-        for d in json.loads(row["details"]):
-            first.setdefault(d["class"], d["box"])
+        first = first_boxes((d["class"], d["box"]) for d in json.loads(row["details"]))
         if subject["class"] not in first or reference["class"] not in first:
             table[asked]["missing"] += 1
             continue
-        drawn = relative_position(np.array(first[subject["class"]]), np.array(first[reference["class"]]))
+        drawn = relative_position(first[subject["class"]], first[reference["class"]])
         for rel in drawn or ("none",):
             table[asked][rel] += 1
     return {k: dict(v) for k, v in table.items()}
+
+
+def first_boxes(detections) -> dict[str, np.ndarray]:
+    """The box of the first detection of each class, from (class, box) pairs in detection order."""
+    first: dict[str, np.ndarray] = {}
+    for cls, box in detections:
+        first.setdefault(cls, np.asarray(box, dtype=float))
+    return first
 
 
 @torch.no_grad()
@@ -270,9 +276,7 @@ def side_by_noise(model: Path, seeds: int = 12) -> dict[str, float]:
                           progress=False).images
             row = []
             for image in images:
-                boxes = {}
-                for d in detect(np.asarray(image)):
-                    boxes.setdefault(d.cls, np.asarray(d.box, dtype=float))
+                boxes = first_boxes((d.cls, d.box) for d in detect(np.asarray(image)))
                 if a in boxes and b in boxes:
                     found = relative_position(boxes[a], boxes[b])
                     row.append(True if rel in found else False if inv in found else None)
