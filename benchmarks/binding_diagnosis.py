@@ -1,4 +1,4 @@
-"""Where does binding fail? Three measurements behind the "binding" tags of GenEval-Shapes (two_object, position,
+"""Where does binding fail? Six measurements behind the "binding" tags of GenEval-Shapes (two_object, position,
 color_attr), each ruling one part of the pipeline in or out:
 
 1. **Failure modes of a model's benchmark images** (a GenEval ``results.jsonl``): how many objects were drawn,
@@ -17,6 +17,12 @@ color_attr), each ruling one part of the pipeline in or out:
    as the model's default with the conditional rows' pooled vector (a) as is, (b) taken from the prompt of
    another shape, (c) taken from the empty prompt; the detector says whether the drawn shape is the tokens' or
    the pooled prompt's. A global vector can only say one shape for the whole image.
+5. **Noise or words** (``side_by_noise``): under "A rel B", "B rel A", "A inv B", "B inv A" with the same seeds, is
+   A always on the same side? Then the starting noise, not the words, decides the arrangement.
+6. **Does the network read the binding at all?** (``twin_accuracy``): rendered position / color_attr scenes, each
+   scored with the flow-matching error under its own prompt and under its role-swapped twin (shapes trade sides,
+   colours trade shapes; ``dreamlite.shapes.language.role_swap``), same noise and t. The share of scenes whose own
+   prompt explains them better, per noise level: 0.5 = the network cannot tell the prompt from its twin.
 
     python benchmarks/binding_diagnosis.py --model checkpoints/dreamlite-tiny-shapes \
         --results runs/fulleval-v2/geneval/results.jsonl
@@ -295,6 +301,42 @@ def side_by_noise(model: Path, seeds: int = 12) -> dict[str, float]:
             "images with both shapes": drawn, "on the asked side": right / max(drawn, 1)}
 
 
+def twin_accuracy(model: Path, n: int = 256, ts: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9),
+                  repeats: int = 2) -> dict[str, dict[float, float]]:
+    """Measurement 6: per binding tag and noise level t, the share of n rendered scenes whose flow-matching error
+    under their own prompt is lower than under the role-swapped twin (same noise)."""
+    from dreamlite.models.vae import encode, to_tensor
+    from dreamlite.pipeline import DreamLitePipeline
+    from dreamlite.shapes.language import role_swap
+    from dreamlite.shapes.tasks import sample_t2i
+    from dreamlite.train.flow import flow_matching_loss
+
+    pipe = DreamLitePipeline.from_pretrained(model)
+    out: dict[str, dict[float, float]] = {}
+    g = torch.Generator().manual_seed(0)
+    for tag in ("position", "color_attr"):
+        b = sample_t2i(np.random.default_rng(999_123), n, tag_weights={tag: 1.0})
+        twins = [role_swap(p, tag) for p in b.prompts]
+        with torch.no_grad():
+            x0 = encode(pipe.vae, to_tensor(b.images))  # [n, C, h, w]
+            text, mask = pipe.text_encoder.encode(b.prompts, task="generate")
+            twin_text, twin_mask = pipe.text_encoder.encode(twins, task="generate")
+            size = float(b.images.shape[1])
+            args = (torch.zeros_like(x0),)
+            time_ids = torch.tensor([[size, size]] * n)
+            out[tag] = {}
+            for t in ts:
+                wins = []
+                for _ in range(repeats):
+                    noise, tt = torch.randn(x0.shape, generator=g), torch.full((n,), t)
+                    own = flow_matching_loss(pipe.unet, x0, *args, text, mask, time_ids, tt, noise, reduce=False)
+                    other = flow_matching_loss(pipe.unet, x0, *args, twin_text, twin_mask, time_ids, tt, noise,
+                                               reduce=False)
+                    wins.append((own < other).float())
+                out[tag][t] = torch.cat(wins).mean().item()
+    return out
+
+
 def has_pooled_text(model: Path) -> bool:
     """Whether the model folder's U-Net adds a pooled text vector to its time embedding."""
     folder = model / "unet" if (model / "unet" / "config.json").is_file() else model
@@ -336,6 +378,12 @@ def main() -> None:
         print("\n| noise or words | " + " | ".join(side) + " |\n|---|" + "---:|" * len(side))
         print("| " + args.model + " | " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v)
                                                      for v in side.values()) + " |")
+        twins = twin_accuracy(Path(args.model))
+        ts = list(next(iter(twins.values())))
+        print("\n| own prompt beats its twin, t = | " + " | ".join(str(t) for t in ts) + " |\n|---|"
+              + "---:|" * len(ts))
+        for tag, row in twins.items():
+            print(f"| {tag} | " + " | ".join(f"{row[t]:.3f}" for t in ts) + " |")
     print("\n| MiniLM layer | noun -> own colour | -> other object's colour |\n|---:|---:|---:|")
     for layer, acc, other in text_probe():
         print(f"| {layer} | {acc:.3f} | {other:.3f} |")

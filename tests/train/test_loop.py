@@ -1,22 +1,26 @@
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from dreamlite.models.unet import MobileUNet
 from dreamlite.train.config import DataMix, StageConfig
-from dreamlite.train.corpus import TextBank
-from dreamlite.train.flow import drop_conditions, flow_matching_loss
-from dreamlite.train.loop import BatchSampler, latest_checkpoint
+from dreamlite.train.corpus import Pool, TextBank
+from dreamlite.train.flow import drop_conditions, flow_matching_loss, twin_contrast_loss
+from dreamlite.train.loop import BatchSampler, latest_checkpoint, stage_loss
 
 HERE = Path(__file__).parent
 SCRIPT = str(HERE / "synthetic_run.py")
 sys.path.insert(0, str(HERE))
-from synthetic_run import make_pool  # noqa: E402
+from synthetic_run import UNET, make_pool  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 
@@ -85,8 +89,10 @@ def test_condition_dropout_rates():
     cond = torch.ones(n, 1, 1, 1)
     is_edit = torch.arange(n) % 2 == 0
     un, um = torch.full((1, 2, 2), 5.0), torch.ones(1, 2, dtype=torch.long)
-    t2, m2, c2 = drop_conditions(text, mask, cond, is_edit, un, um, 0.1, 0.05, torch.Generator().manual_seed(0))
+    t2, m2, c2, flag = drop_conditions(text, mask, cond, is_edit, un, um, 0.1, 0.05,
+                                       torch.Generator().manual_seed(0))
     dropped = t2[:, 0, 0] == 5.0
+    assert torch.equal(flag, dropped)  # the returned flag names exactly the samples given the negative prompt
     assert abs(dropped[~is_edit].float().mean() - 0.10) < 0.015
     assert abs(dropped[is_edit].float().mean() - 0.15) < 0.015
     blank = c2.flatten() == 0
@@ -117,3 +123,105 @@ def test_batch_sampler_mix_and_category_weights():
         sampler.draw()
     idx = torch.multinomial(sampler.p_t2i, 500, replacement=True, generator=torch.Generator().manual_seed(1))
     assert (pools["t2i"].categories[idx] == 1).all()
+
+
+def test_twin_contrast_is_a_two_way_cross_entropy_on_the_relative_error_gap():
+    err, twin = torch.tensor([0.1, 0.2, 0.3], requires_grad=True), torch.tensor([0.1, 0.3, 0.2], requires_grad=True)
+    loss = twin_contrast_loss(err, twin, scale=10.0)
+    e = 0.5 * (err + twin).detach()
+    expected = torch.nn.functional.softplus(10.0 * (err - twin) / e).mean()
+    torch.testing.assert_close(loss, expected)
+    assert abs(twin_contrast_loss(torch.ones(4), torch.ones(4), 7.0).item() - math.log(2)) < 1e-6  # a coin flip
+    assert twin_contrast_loss(torch.tensor([0.1]), torch.tensor([0.2]), 50.0).item() < 1e-13  # prompt clearly wins
+    loss.backward()  # lowering the prompt's error and raising the twin's both lower the loss
+    assert (err.grad > 0).all() and (twin.grad < 0).all()
+
+
+def test_capped_twin_earns_nothing_for_answering_the_twin_worse_than_no_text():
+    err, twin = torch.tensor([0.2, 0.2]), torch.tensor([0.5, 0.25], requires_grad=True)
+    uncond = torch.tensor([0.3, 0.3], requires_grad=True)
+    loss = twin_contrast_loss(err, twin, 10.0, err_uncond=uncond)
+    torch.testing.assert_close(loss, twin_contrast_loss(err, torch.tensor([0.3, 0.25]), 10.0))
+    loss.backward()
+    assert twin.grad[0] == 0 and twin.grad[1] < 0  # capped: pushing the twin further is worth nothing
+    assert uncond.grad is None or (uncond.grad == 0).all()  # the cap is a bound, not a target
+
+
+def _twin_pool(n: int = 64) -> Pool:
+    pool = make_pool("t2i", n, 1)
+    twin_ids = torch.where(torch.arange(n) % 2 == 0, (pool.prompt_ids + 3) % 10, torch.tensor(-1))
+    return replace(pool, twin_ids=twin_ids)
+
+
+def test_batch_sampler_gathers_each_sample_s_twin_from_the_bank():
+    pools = {"t2i": _twin_pool(), "edit": make_pool("edit", 64, 2)}
+    stage = StageConfig("s", DataMix(t2i=0.5, edit=0.5), steps=1, lr=1e-3, batch_size=16, twin_weight=1.0,
+                        twin_tags=("a", "b"))  # the synthetic pool's two categories
+    batch = BatchSampler(pools, stage, torch.Generator().manual_seed(0), image_size=32).draw()
+    assert not batch["has_twin"][8:].any() and batch["has_twin"][:8].any() and not batch["has_twin"][:8].all()
+    bank = pools["t2i"].bank
+    for i in range(8):  # find the sample by its text, then check its twin's states and mask
+        own = [j for j in range(10) if torch.equal(bank.gather(torch.tensor([j]))[0][0],
+                                                    batch["text"][i, :int(batch["mask"][i].sum())])]
+        twin_text, twin_mask = batch["twin_text"][i], batch["twin_mask"][i]
+        if batch["has_twin"][i]:
+            expect, _ = bank.gather(torch.tensor([(own[0] + 3) % 10]))
+            assert torch.equal(twin_text[:expect.shape[1]], expect[0]) and int(twin_mask.sum()) == expect.shape[1]
+        else:
+            assert int(twin_mask.sum()) == 0
+    only_b = replace(stage, mix=DataMix(t2i=1.0), twin_tags=("b",))  # category "a" samples keep no twin
+    sampler = BatchSampler({"t2i": pools["t2i"]}, only_b, torch.Generator().manual_seed(1), image_size=32)
+    drawn = [sampler.draw() for _ in range(4)]
+    assert any(b["has_twin"].any() for b in drawn)
+    for b in drawn:  # a twin only where the sample's category is "b" and its pool row has one
+        rows = [int((pools["t2i"].x0 == x).flatten(1).all(1).nonzero()[0]) for x in b["x0"]]
+        want = [pools["t2i"].category_names[pools["t2i"].categories[r]] == "b" and pools["t2i"].twin_ids[r] >= 0
+                for r in rows]
+        assert b["has_twin"].tolist() == want
+    with pytest.raises(ValueError, match="no twin prompts"):
+        BatchSampler({"t2i": make_pool("t2i", 64, 1)}, stage, torch.Generator(), image_size=32)
+
+
+def test_stage_loss_scores_the_twins_in_the_same_forward_as_the_batch():
+    torch.manual_seed(0)
+    unet = MobileUNet.from_preset("tiny", **UNET, in_channels=4, out_channels=4).eval()
+    stage = StageConfig("s", DataMix(t2i=1.0), steps=1, lr=1e-3, batch_size=8, twin_weight=1.0, twin_scale=5.0,
+                        twin_tags=("a", "b"))
+    batch = BatchSampler({"t2i": _twin_pool()}, stage, torch.Generator().manual_seed(2), image_size=32).draw()
+    dropped = torch.zeros(8, dtype=torch.bool)
+    dropped[0] = True  # a dropped prompt has no twin to lose to
+    args = (batch["x0"], batch["cond"])
+    with torch.no_grad():
+        loss, (contrast, accuracy) = stage_loss(unet, batch, batch["text"], batch["mask"], batch["cond"], dropped,
+                                                stage, "cpu")
+        own = flow_matching_loss(unet, *args, batch["text"], batch["mask"], batch["time_ids"], batch["t"],
+                                 batch["noise"], reduce=False)
+        twin = flow_matching_loss(unet, *args, batch["twin_text"], batch["twin_mask"], batch["time_ids"], batch["t"],
+                                  batch["noise"], reduce=False)
+    pair = batch["has_twin"] & ~dropped
+    torch.testing.assert_close(loss, own.mean(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(contrast, twin_contrast_loss(own[pair], twin[pair], 5.0), rtol=1e-3, atol=1e-6)
+    assert accuracy == pytest.approx((own[pair] < twin[pair]).float().mean().item())
+    capped = replace(stage, twin_cap_uncond=True)
+    uncond = (torch.randn(1, 3, 12), torch.ones(1, 3, dtype=torch.long))
+    with torch.no_grad():
+        loss_c, (contrast_c, _) = stage_loss(unet, batch, batch["text"], batch["mask"], batch["cond"], dropped,
+                                             capped, "cpu", uncond)
+        n = int(pair.sum())
+        none = flow_matching_loss(unet, batch["x0"][pair], batch["cond"][pair], uncond[0].expand(n, -1, -1),
+                                  uncond[1].expand(n, -1), batch["time_ids"][pair], batch["t"][pair],
+                                  batch["noise"][pair], reduce=False)
+    torch.testing.assert_close(loss_c, own.mean(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(contrast_c, twin_contrast_loss(own[pair], twin[pair], 5.0, none), rtol=1e-3, atol=1e-6)
+    stage_off = replace(stage, twin_weight=0.0)
+    plain = BatchSampler({"t2i": _twin_pool()}, stage_off, torch.Generator().manual_seed(2), image_size=32).draw()
+    assert "has_twin" not in plain
+    with torch.no_grad():
+        assert stage_loss(unet, plain, plain["text"], plain["mask"], plain["cond"], dropped, stage_off, "cpu")[1] is None
+
+
+def test_twin_settings_are_checked_where_the_stage_is_defined():
+    with pytest.raises(ValueError, match="twin contrast needs a flow stage that draws t2i"):
+        StageConfig("e", DataMix(t2i=0.0, edit=1.0), steps=1, lr=1e-3, batch_size=4, twin_weight=1.0)
+    with pytest.raises(ValueError, match="twin_min_t"):
+        StageConfig("s", DataMix(), steps=1, lr=1e-3, batch_size=4, twin_weight=1.0, twin_min_t=1.0)

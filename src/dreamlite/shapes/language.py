@@ -8,10 +8,14 @@ appears in the train set.
 
 from __future__ import annotations
 
+import re
 from types import MappingProxyType
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from dreamlite.shapes.geometry import SHAPES
+from dreamlite.shapes.scene import COLORS
 
 PHRASINGS: tuple[str, ...] = ("canonical", "train", "heldout")
 CANONICAL_SHARE = 0.3  # fraction of train prompts that use GenEval's canonical phrasing
@@ -112,6 +116,31 @@ def plural(noun: str) -> str:
 
 def noun_phrase(cls: str, color: str | None = None) -> str:
     return with_article(f"{color} {cls}" if color else cls)
+
+
+# The words whose roles a prompt of each tag binds: position binds shapes to sides, color_attr colours to shapes.
+_ROLE_WORDS = MappingProxyType({"position": SHAPES, "color_attr": COLORS})
+
+
+def role_swap(prompt: str, tag: str) -> str | None:
+    """The prompt's *twin*: its two role-bearing words exchanged, or None when ``tag`` binds no roles or the
+    prompt does not name two different such words once each.
+
+    position: the shapes trade places ('a star left of a square' -> 'a square left of a star': the mirrored
+    layout); color_attr: the colours trade shapes ('a red circle and an orange star' -> 'an orange circle and a red
+    star'). A twin has the same words as its prompt but describes another image, so telling the two apart is
+    exactly the binding the tag measures (the flow stage's twin contrast, ``dreamlite.train.flow``).
+    """
+    words = _ROLE_WORDS.get(tag)
+    if words is None:
+        return None
+    pattern = re.compile(r"\b(an?) (" + "|".join(words) + r")\b")
+    found = list(pattern.finditer(prompt))
+    if len(found) != 2 or found[0].group(2) == found[1].group(2):
+        return None
+    first, second = found
+    return (prompt[:first.start()] + with_article(second.group(2)) + prompt[first.end():second.start()]
+            + with_article(first.group(2)) + prompt[second.end():])
 
 
 def number_word(n: int) -> str:

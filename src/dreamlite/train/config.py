@@ -98,6 +98,15 @@ class StageConfig:
     t_mean: float = 0.0  # logit-normal timestep sampling (SD3 family): t = sigmoid(N(mean, std))
     t_std: float = 1.0
     eval_every: int = 0  # 0 = evaluate only at the end of the stage
+    # Twin contrast (flow stages; ours): weight of ``train.flow.twin_contrast_loss`` on the t2i samples whose
+    # prompt has a role-swapped twin (position, color_attr), its scale (nats per relative error gap), and the
+    # lowest noise level it is applied at: below it x_t shows the layout, and the contrast can then be won by
+    # answering a contradicting prompt badly instead of by drawing the asked layout (BENCHMARKS.md, "Twins"). 0 = off.
+    twin_weight: float = 0.0
+    twin_scale: float = 20.0
+    twin_min_t: float = 0.0
+    twin_cap_uncond: bool = False  # cap the twin's error at the negative prompt's (``twin_contrast_loss``)
+    twin_tags: tuple[str, ...] = ("position", "color_attr")  # the tags whose samples are contrasted
     kind: str = "flow"  # "flow" (train.loop), "rl" (DiffusionNFT, needs ``rl``), "distill" (needs ``distill``)
     rl: RLStageConfig | None = None
     distill: DistillStageConfig | None = None
@@ -114,6 +123,12 @@ class StageConfig:
                                  f"{self.kind!r}")
         if self.steps < 1:
             raise ValueError(f"stage {self.name!r}: steps must be >= 1, got {self.steps}")
+        if self.twin_weight < 0 or self.twin_scale <= 0 or not 0 <= self.twin_min_t < 1:
+            raise ValueError(f"stage {self.name!r}: need twin_weight >= 0, twin_scale > 0 and 0 <= twin_min_t < 1, "
+                             f"got {self.twin_weight}, {self.twin_scale}, {self.twin_min_t}")
+        if self.twin_weight > 0 and (self.kind != "flow" or self.mix.t2i <= 0):
+            raise ValueError(f"stage {self.name!r}: the twin contrast needs a flow stage that draws t2i samples "
+                             f"(kind {self.kind!r}, t2i share {self.mix.t2i})")
 
     @property
     def total_steps(self) -> int:

@@ -65,6 +65,9 @@ class Pool:
     categories: Tensor  # [N] long, tag (t2i) or edit type (edit)
     category_names: list[str]
     bank: TextBank
+    # [N] long: each sample's role-swapped twin prompt in ``bank`` (-1: none), for the twin contrast
+    # (``dreamlite.train.flow.twin_contrast_loss``); None when the pool was built without twins
+    twin_ids: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -92,8 +95,13 @@ def _render_chunk(kind: str, seed: int, chunk_index: int, m: int, size: int, tag
 
 
 def build_pool(kind: str, n: int, seed: int, size: int, vae, encoder, tag_weights: dict[str, float] | None = None,
-               chunk: int = 1024, workers: int | None = None, progress: bool = True) -> Pool:
-    """Render n samples of ``kind`` ('t2i' or 'edit') in parallel chunks, encode them, return the pool."""
+               chunk: int = 1024, workers: int | None = None, progress: bool = True, twins: bool = False) -> Pool:
+    """Render n samples of ``kind`` ('t2i' or 'edit') in parallel chunks, encode them, return the pool.
+    ``twins`` (t2i only): also encode each prompt's role-swapped twin (``role_swap``) into the bank."""
+    from dreamlite.shapes.language import role_swap
+
+    if twins and kind != "t2i":
+        raise ValueError(f"twins are defined for t2i prompts only, not for a {kind!r} pool")
     from concurrent.futures import ProcessPoolExecutor
 
     sizes = [min(chunk, n - i) for i in range(0, n, chunk)]
@@ -112,12 +120,14 @@ def build_pool(kind: str, n: int, seed: int, size: int, vae, encoder, tag_weight
             bar.update(len(p))
     bar.close()
     names = sorted(set(cats))
-    distinct = sorted(set(prompts))
+    twin_of = [role_swap(p, c) if twins else None for p, c in zip(prompts, cats)]
+    distinct = sorted(set(prompts) | {t for t in twin_of if t is not None})
     index = {p: i for i, p in enumerate(distinct)}
     bank = TextBank.build(encoder, distinct, "generate" if kind == "t2i" else "edit", progress=progress)
     return Pool(x0=torch.cat(x0), cond=torch.cat(cond) if cond else None,
                 prompt_ids=torch.tensor([index[p] for p in prompts]),
-                categories=torch.tensor([names.index(c) for c in cats]), category_names=names, bank=bank)
+                categories=torch.tensor([names.index(c) for c in cats]), category_names=names, bank=bank,
+                twin_ids=torch.tensor([-1 if t is None else index[t] for t in twin_of]) if twins else None)
 
 
 def save_pool(pool: Pool, path: Path) -> None:
@@ -126,6 +136,8 @@ def save_pool(pool: Pool, path: Path) -> None:
                "bank.states": pool.bank.states, "bank.offsets": pool.bank.offsets, "bank.lengths": pool.bank.lengths}
     if pool.cond is not None:
         tensors["cond"] = pool.cond
+    if pool.twin_ids is not None:
+        tensors["twin_ids"] = pool.twin_ids
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
               metadata={"category_names": json.dumps(pool.category_names)})
@@ -139,7 +151,7 @@ def load_pool(path: Path) -> Pool:
     t = load_file(str(path))
     bank = TextBank(t["bank.states"], t["bank.offsets"], t["bank.lengths"])
     return Pool(x0=t["x0"], cond=t.get("cond"), prompt_ids=t["prompt_ids"], categories=t["categories"],
-                category_names=names, bank=bank)
+                category_names=names, bank=bank, twin_ids=t.get("twin_ids"))
 
 
 def pad_text(text: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:

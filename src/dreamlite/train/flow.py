@@ -31,6 +31,7 @@ def drop_conditions(text: Tensor, mask: Tensor, cond: Tensor, is_edit: Tensor, u
     Generation samples: text -> negative prompt with prob p_text. Edit samples: with prob p_text the text
     is dropped (the (uncond, source) branch of 3-way guidance); with prob p_image the text *and* the source are
     dropped (the (uncond, blank) branch). ``uncond_text`` is [1, L0, D], broadcast into padded slots.
+    Returns (text, mask, cond, dropped): ``dropped`` [B] bool marks the samples whose text was dropped.
     """
     B, L = mask.shape
     u = torch.rand(B, generator=generator)
@@ -50,4 +51,27 @@ def drop_conditions(text: Tensor, mask: Tensor, cond: Tensor, is_edit: Tensor, u
     if drop_both.any():
         cond = cond.clone()
         cond[drop_both] = 0
-    return text, mask, cond
+    return text, mask, cond, drop_text
+
+
+def twin_contrast_loss(err: Tensor, err_twin: Tensor, scale: float, err_uncond: Tensor | None = None) -> Tensor:
+    """Cross-entropy of a diffusion classifier choosing between a prompt and its twin (ours).
+
+    ``err`` / ``err_twin``: [n] flow-matching errors of the same (x0, noise, t) under the prompt the image was
+    rendered for and under its role-swapped twin (``dreamlite.shapes.language.role_swap``: shapes trade sides,
+    or colours trade shapes). With logits -scale * err / e, e the pair's detached mean error (so ``scale`` reads
+    as "one nat per 1/scale relative gap"), the loss is softplus(scale * (err - err_twin) / e), averaged.
+
+    Why: the plain loss barely pays for binding (the twin's image differs from the prompt's by two outlines or two
+    colours; BENCHMARKS.md, "Twins"), and its gradient for it drowns in everything else the batch teaches. The
+    difference of the two errors cancels all that the pair shares, so this gradient is the binding alone
+    (the diffusion-classifier view of Li et al. 2023; tuning through it: Qu et al., DPT, CVPR 2024).
+
+    ``err_uncond`` (the same sample under the negative prompt) caps the twin's error, detached: answering the twin
+    worse than no text at all earns nothing, which closes the cheap way to win (a model that, once x_t shows a
+    layout, answers a contradicting prompt badly; BENCHMARKS.md, "Twins").
+    """
+    if err_uncond is not None:
+        err_twin = torch.minimum(err_twin, err_uncond.detach())
+    e = (0.5 * (err + err_twin)).detach().clamp_min(1e-8)
+    return F.softplus(scale * (err - err_twin) / e).mean()

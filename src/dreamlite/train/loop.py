@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from dreamlite.flow import sample_t_logit_normal
 from dreamlite.train.config import StageConfig
 from dreamlite.train.corpus import Pool, pad_text
-from dreamlite.train.flow import drop_conditions, flow_matching_loss
+from dreamlite.train.flow import drop_conditions, flow_matching_loss, twin_contrast_loss
 
 
 class EMA:
@@ -92,6 +92,11 @@ class BatchSampler:
         self.n_t2i = stage.batch_size - self.n_edit
         self.p_t2i = self._probs(self.t2i, mix.tag_weights)
         self.p_edit = self._probs(self.edit, mix.edit_weights)
+        self.twins = stage.twin_weight > 0
+        if self.twins and (self.t2i is None or self.t2i.twin_ids is None):
+            raise ValueError(f"stage {stage.name!r} asks for the twin contrast but its t2i pool has no twin prompts "
+                             "(built by a recipe without twin_weight: delete the run's corpus/t2i*.safetensors "
+                             "to rebuild it with them)")
 
     @staticmethod
     def _probs(pool: Pool | None, weights: dict[str, float]) -> Tensor | None:
@@ -112,9 +117,16 @@ class BatchSampler:
             cond = pool.cond[idx] if pool.cond is not None else torch.zeros_like(pool.x0[idx])
             parts.append(dict(x0=pool.x0[idx], cond=cond, text=text, mask=mask,
                               is_edit=torch.full((n,), pool.cond is not None)))
-        L = max(p["text"].shape[1] for p in parts)
-        for p in parts:
-            p["text"], p["mask"] = pad_text(p["text"], p["mask"], L)
+            if self.twins:
+                twin = pool.twin_ids[idx] if pool.twin_ids is not None else torch.full((n,), -1)
+                tags = [k for k, name in enumerate(pool.category_names) if name in self.stage.twin_tags]
+                twin = torch.where(torch.isin(pool.categories[idx], torch.tensor(tags)), twin, -1)
+                twin_text, twin_mask = pool.bank.gather(twin.clamp(min=0))
+                parts[-1].update(twin_text=twin_text, twin_mask=twin_mask * (twin >= 0)[:, None], has_twin=twin >= 0)
+        for key, mask_key in (("text", "mask"), ("twin_text", "twin_mask")) if self.twins else (("text", "mask"),):
+            L = max(p[key].shape[1] for p in parts)
+            for p in parts:
+                p[key], p[mask_key] = pad_text(p[key], p[mask_key], L)
         batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         B = batch["x0"].shape[0]
         batch["time_ids"] = torch.tensor([[float(self.size), float(self.size)]] * B)
@@ -223,6 +235,37 @@ def log_stage_row(run_dir: Path, accelerator: Accelerator, row: dict, filename: 
 
 
 # ------------------------------------------------------------------------------------------------ loop
+def stage_loss(unet, batch: dict[str, Tensor], text: Tensor, mask: Tensor, cond: Tensor, dropped: Tensor,
+               stage: StageConfig, device, uncond: tuple[Tensor, Tensor] | None = None,
+               ) -> tuple[Tensor, tuple[Tensor, float] | None]:
+    """The flow-matching loss of a batch (conditions already dropped), and with ``stage.twin_weight`` the twin
+    contrast of its samples that have a twin, kept their text and have t >= ``stage.twin_min_t``, with the share
+    of them whose own prompt explained the image better (None when the batch has none). The twins ride in the same
+    forward as the batch, so that DDP sees one forward per backward; with ``stage.twin_cap_uncond`` so do the pairs
+    under ``uncond`` (the negative prompt's states [1, L0, D] and mask [1, L0])."""
+    x0, t, noise, time_ids = batch["x0"], batch["t"], batch["noise"], batch["time_ids"]
+    B = x0.shape[0]
+    pair = (batch["has_twin"] & ~dropped & (t >= stage.twin_min_t) if "has_twin" in batch
+            else torch.zeros(B, dtype=torch.bool))
+    n = int(pair.sum())
+    if n:
+        rows = [(batch["twin_text"][pair], batch["twin_mask"][pair])]
+        if stage.twin_cap_uncond:
+            rows.append((uncond[0].expand(n, -1, -1), uncond[1].expand(n, -1)))
+        L = max(text.shape[1], *(r[0].shape[1] for r in rows))
+        padded = [pad_text(text, mask, L)] + [pad_text(*r, L) for r in rows]
+        text, mask = torch.cat([p[0] for p in padded]), torch.cat([p[1] for p in padded])  # [B + k n, L, D]
+        x0, cond, t, noise, time_ids = (torch.cat([v] + [v[pair]] * len(rows))
+                                        for v in (x0, cond, t, noise, time_ids))
+    err = flow_matching_loss(unet, x0.to(device), cond.to(device), text.to(device), mask.to(device),
+                             time_ids.to(device), t.to(device), noise.to(device), reduce=False)  # [B + k n]
+    if not n:
+        return err.mean(), None
+    own, twin = err[:B][pair.to(device)], err[B:B + n]
+    capped = err[B + n:] if stage.twin_cap_uncond else None
+    return err[:B].mean(), (twin_contrast_loss(own, twin, stage.twin_scale, capped), (own < twin).float().mean().item())
+
+
 @dataclass
 class StageResult:
     losses: list[tuple[int, float]]
@@ -256,16 +299,18 @@ def train_stage(accelerator: Accelerator, unet, ema: EMA, make_sampler: Callable
     bar = tqdm(total=stage.steps, initial=state.step, desc=f"stage {stage.name}",
                disable=not accelerator.is_local_main_process)
     unet.train()
+    twin_log: list[tuple[float, float]] = []
     while state.step < stage.steps:
         batch = sampler.draw()
         uncond_text, uncond_mask = uncond
-        text, mask, cond = drop_conditions(batch["text"], batch["mask"], batch["cond"], batch["is_edit"],
-                                           uncond_text, uncond_mask, stage.p_drop_text, stage.p_drop_image, generator)
-        dev = accelerator.device
+        text, mask, cond, dropped = drop_conditions(batch["text"], batch["mask"], batch["cond"], batch["is_edit"],
+                                                    uncond_text, uncond_mask, stage.p_drop_text, stage.p_drop_image,
+                                                    generator)
         with accelerator.autocast():
-            loss = flow_matching_loss(unet, batch["x0"].to(dev), cond.to(dev), text.to(dev), mask.to(dev),
-                                      batch["time_ids"].to(dev), batch["t"].to(dev), batch["noise"].to(dev))
-        accelerator.backward(loss)
+            loss, twin = stage_loss(unet, batch, text, mask, cond, dropped, stage, accelerator.device, uncond)
+        accelerator.backward(loss if twin is None else loss + stage.twin_weight * twin[0])
+        if twin is not None:
+            twin_log.append((twin[0].item(), twin[1]))
         if stage.grad_clip:
             accelerator.clip_grad_norm_(unet.parameters(), stage.grad_clip)
         optimizer.step()
@@ -280,8 +325,13 @@ def train_stage(accelerator: Accelerator, unet, ema: EMA, make_sampler: Callable
             raise FloatingPointError(f"loss became {value} at stage {stage.name} step {state.step}")
         losses.append((state.global_step, value))
         if accelerator.is_main_process and (state.step % 10 == 0 or state.step == stage.steps):
+            row = {"stage": stage.name, "step": state.global_step, "loss": value}
+            if twin_log:  # mean since the last row: the contrast, and how often the prompt beat its twin
+                row.update(twin_loss=sum(c for c, _ in twin_log) / len(twin_log),
+                           twin_accuracy=sum(a for _, a in twin_log) / len(twin_log))
+                twin_log.clear()
             with open(log_path, "a") as f:
-                f.write(json.dumps({"stage": stage.name, "step": state.global_step, "loss": value}) + "\n")
+                f.write(json.dumps(row) + "\n")
         bar.update(1)
         bar.set_postfix(loss=f"{value:.4f}")
         stopping = stop_after is not None and done >= stop_after  # checkpointed, so resume continues here

@@ -412,6 +412,10 @@ def _run_stages(accelerator, recipe: Recipe, unet, make_sampler, uncond, run_dir
     other = [f"{s.name} ({s.kind})" for s in recipe.stages if s.kind != "flow"]
     if other:  # rl / distill need Shapes rewards or corpus pools: run them with dreamlite.train.recipe.run_recipe
         raise ValueError(f"real-data runs train flow stages only; recipe {recipe.name!r} has {', '.join(other)}")
+    twins = [s.name for s in recipe.stages if s.twin_weight > 0]
+    if twins:  # role-swapped twins are written from the Shapes vocabulary (dreamlite.shapes.language.role_swap)
+        raise ValueError(f"the twin contrast needs Shapes prompts; real-data recipe {recipe.name!r} sets twin_weight "
+                         f"in stage(s) {', '.join(twins)}")
     ema = EMA(unet, recipe.stages[0].ema_decay)
     state = LoopState()
     if ckpt is not None:  # weights and EMA now; optimizer/schedule/RNG inside the stage that was cut
