@@ -30,12 +30,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--guidance", type=float, default=None, help="text guidance scale")
     ap.add_argument("--image-guidance", type=float, default=None, help="source-image guidance scale (edits)")
+    ap.add_argument("--guidance-max-sigma", type=float, default=None, help="guide only at noise levels <= this")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pipe = DreamLitePipeline.from_pretrained(args.model, variant=args.variant)
     call = {k: v for k, v in dict(num_inference_steps=args.steps, guidance_scale=args.guidance,
-                                  image_guidance_scale=args.image_guidance).items() if v is not None}
+                                  image_guidance_scale=args.image_guidance,
+                                  guidance_max_sigma=args.guidance_max_sigma).items() if v is not None}
     t0 = time.perf_counter()
     scores = evaluate_pipeline(pipe, args.out, None, None, **call)
     seconds = time.perf_counter() - t0

@@ -221,3 +221,17 @@ def test_bucket_setting_round_trips_with_the_folder(pipe, tmp_path):
     loaded = DreamLitePipeline.from_pretrained(tmp_path / "m")
     assert loaded.defaults.buckets == ((64, 32), (32, 32))
     assert loaded.canvas_sizes([_src(70, 30, 0)], 1, None, None) == [(64, 32)]
+
+
+def test_guidance_interval_is_a_variant_default_that_round_trips(pipe, tmp_path):
+    from dataclasses import replace
+    base = pipe.defaults.variants["base"]
+    variants = {**pipe.defaults.variants, "base": replace(base, guidance_max_sigma=0.5)}
+    DreamLitePipeline(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder,
+                      defaults=replace(pipe.defaults, variants=variants)).save_pretrained(tmp_path / "m")
+    loaded = DreamLitePipeline.from_pretrained(tmp_path / "m", text_encoder=pipe.text_encoder)
+    assert loaded.settings.guidance_max_sigma == 0.5
+    run = lambda p, **kw: p("a red star", generator=torch.Generator().manual_seed(3), output_type="np",  # noqa: E731
+                            progress=False, **kw).images
+    np.testing.assert_array_equal(run(loaded), run(pipe, guidance_max_sigma=0.5))
+    assert np.abs(run(pipe, guidance_max_sigma=0.5).astype(int) - run(pipe).astype(int)).max() > 0

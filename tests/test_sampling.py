@@ -62,9 +62,27 @@ def test_three_way_edit_guidance_formula():
     assert (v_img - v_u).abs().min() > 1e-3  # the image branch really differs
 
 
+@pytest.mark.parametrize("edit", [False, True])
+def test_guidance_stops_above_max_sigma(edit):
+    m, x = HandMade(), torch.randn(2, 4, 2, 2)
+    c, g = conds(edit), Guidance(3.0, 1.5, max_sigma=0.6)
+    high, low = torch.tensor([0.8, 0.8]), torch.tensor([0.4, 0.4])
+    v_c = branch(m, x, high, c, c.text, c.mask, c.source)
+    torch.testing.assert_close(velocity(m, x, high, c, g), v_c)  # above: the conditional velocity ...
+    assert m.calls[-1] == 2  # ... from one call of B rows
+    torch.testing.assert_close(velocity(m, x, low, c, g), velocity(m, x, low, c, Guidance(3.0, 1.5)))
+    mixed = torch.tensor([0.8, 0.4])  # per sample (RL and distillation call with mixed t)
+    v_mixed = velocity(m, x, mixed, c, g)
+    torch.testing.assert_close(v_mixed[0], branch(m, x, mixed, c, c.text, c.mask, c.source)[0])
+    torch.testing.assert_close(v_mixed[1], velocity(m, x, mixed, c, Guidance(3.0, 1.5))[1])
+    assert (v_mixed[1] - v_c[1]).abs().min() > 1e-3  # the guided sample really differs
+
+
 def test_errors():
     with pytest.raises(ValueError, match=">= 0"):
         Guidance(-1.0)
+    with pytest.raises(ValueError, match="max_sigma"):
+        Guidance(2.0, max_sigma=0.0)
     with pytest.raises(ValueError, match="positive integer"):
         make_sigmas(0, 8, 8)
     c = Conditions(text=torch.zeros(1, 1, 4), mask=torch.ones(1, 1), time_ids=torch.ones(1, 2))

@@ -89,6 +89,8 @@ def _check_sampling_args(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    if args.guidance_max_sigma is not None and not 0 < args.guidance_max_sigma <= 1:
+        raise UserError(f"--guidance-max-sigma must be in (0, 1], got {args.guidance_max_sigma}")
     out = Path(args.output)
     if not out.parent.exists():
         raise UserError(f"output folder does not exist: {out.parent}")
@@ -106,7 +108,8 @@ def _run_sampling(args: argparse.Namespace, image=None) -> None:
         image = load_image(image)  # fails early with a clear message, before any model is loaded
     pipe = _load_pipeline(args)
     result = pipe(args.prompt, image=image, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                  image_guidance_scale=getattr(args, "image_guidance", None), width=args.width,
+                  image_guidance_scale=getattr(args, "image_guidance", None),
+                  guidance_max_sigma=args.guidance_max_sigma, width=args.width,
                   height=args.height, buckets=getattr(args, "buckets", None),
                   generator=torch.Generator().manual_seed(args.seed))
     print(f"wrote {save_image(result.images[0], args.output)}")
@@ -294,6 +297,9 @@ def _add_sampling_args(p: argparse.ArgumentParser, edit: bool) -> None:
     p.add_argument("--steps", type=int, help="sampling steps (default: the variant's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, help="text guidance scale (1 = off)")
+    p.add_argument("--guidance-max-sigma", type=float,
+                   help="guide only at noise levels <= this, in (0, 1]; above it one conditional call per step "
+                        "(default: the variant's)")
     p.add_argument("--backend", default="torch", help="torch (a model folder), onnx or executorch (an exported folder)")
     p.add_argument("--int8", action="store_true",
                    help="with --backend onnx or executorch: run the int8 U-Net and text encoder")

@@ -49,6 +49,7 @@ class VariantDefaults:
     num_inference_steps: int = 28
     guidance_scale: float = 3.5
     image_guidance_scale: float = 1.0
+    guidance_max_sigma: float = 1.0  # guidance only at t <= this (``sampling.Guidance.max_sigma``); 1 = always
     # MiniLM layer this variant's U-Net reads (TextEncoderSpec.layer); None = the folder's text_encoder/spec.json.
     # Lets a student trained on one layer sit beside a base trained on another in one folder.
     text_layer: int | None = None
@@ -227,7 +228,8 @@ class DreamLitePipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str], image: Any = None, negative_prompt: str | Sequence[str] = "",
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                 image_guidance_scale: float | None = None, num_images_per_prompt: int = 1,
+                 image_guidance_scale: float | None = None, guidance_max_sigma: float | None = None,
+                 num_images_per_prompt: int = 1,
                  generator: torch.Generator | list[torch.Generator] | None = None, height: int | None = None,
                  width: int | None = None, output_type: str = "pil", return_dict: bool = True,
                  progress: bool = True, resize_to_source: bool = True,
@@ -248,7 +250,8 @@ class DreamLitePipeline(DiffusionPipeline):
         s = self.settings
         steps = s.num_inference_steps if num_inference_steps is None else num_inference_steps
         guidance = Guidance(s.guidance_scale if guidance_scale is None else guidance_scale,
-                            s.image_guidance_scale if image_guidance_scale is None else image_guidance_scale)
+                            s.image_guidance_scale if image_guidance_scale is None else image_guidance_scale,
+                            s.guidance_max_sigma if guidance_max_sigma is None else guidance_max_sigma)
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
         if len(negatives) != len(prompts):
             raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts")

@@ -338,16 +338,24 @@ SHAPES_TINY_V8_RL_COUPLED = replace(
 # square"), same noise and t, and a diffusion-classifier cross-entropy asks its own prompt to explain it better. The
 # plain loss barely tells the two apart; the contrast's gradient is the binding alone. Short pilots (150 steps, batch
 # 64, no EMA, a small corpus) that show within minutes whether the side moves and what drawing costs.
-def twins_pilot(name: str, weight: float, min_t: float = 0.0, steps: int = 150, ema_decay: float = 0.0) -> Recipe:
+def twins_pilot(name: str, weight: float, min_t: float = 0.0, steps: int = 150, ema_decay: float = 0.0,
+                **stage_changes) -> Recipe:
     stage = replace(SHAPES_TINY_V8.stages[0], name="joint-twins", steps=steps, batch_size=64, warmup_steps=10,
-                    ema_decay=ema_decay, twin_weight=weight, twin_scale=20.0, twin_min_t=min_t)
+                    ema_decay=ema_decay, twin_weight=weight, twin_scale=20.0, twin_min_t=min_t, **stage_changes)
     return replace(SHAPES_TINY_V8, name=name, stages=(stage,), checkpoint_every=1000,
                    corpus=replace(SHAPES_TINY_V8.corpus, n_t2i=6000, n_edit=2000))
 
 
 TWINS_PILOTS = {r.name: r for r in (twins_pilot("shapes-tiny-twins-w0", 0.0), twins_pilot("shapes-tiny-twins-w0.1", 0.1),
                                     twins_pilot("shapes-tiny-twins-w1-high-t", 1.0, min_t=0.7),
-                                    twins_pilot("shapes-tiny-twins-w1-ema", 1.0, steps=120, ema_decay=0.995))}
+                                    twins_pilot("shapes-tiny-twins-w1-ema", 1.0, steps=120, ema_decay=0.995),
+                                    # position only, at low noise (t ~ 0.18) where the layout is visible
+                                    twins_pilot("shapes-tiny-twins-w1-low-t-position", 1.0, t_mean=-1.5, t_std=0.5,
+                                                mix=DataMix(t2i=1.0, edit=0.0, tag_weights={"position": 1.0})),
+                                    # the twin's error capped at the negative prompt's
+                                    twins_pilot("shapes-tiny-twins-w1-capped", 1.0, twin_cap_uncond=True),
+                                    # colour binding only
+                                    twins_pilot("shapes-tiny-twins-w0.1-color", 0.1, twin_tags=("color_attr",)))}
 
 # CI-sized: the same stage kinds and real rewards, a tiny random network, 2 RL iterations and 2 distill rounds.
 POST_QUICK = Recipe(
