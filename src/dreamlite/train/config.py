@@ -98,10 +98,10 @@ class StageConfig:
     t_mean: float = 0.0  # logit-normal timestep sampling (SD3 family): t = sigmoid(N(mean, std))
     t_std: float = 1.0
     eval_every: int = 0  # 0 = evaluate only at the end of the stage
-    # Twin contrast (flow stages; ours): weight of ``train.flow.twin_contrast_loss`` on the t2i samples whose
-    # prompt has a role-swapped twin (position, color_attr), its scale (nats per relative error gap), and the
-    # lowest noise level it is applied at: below it x_t shows the layout, and the contrast can then be won by
-    # answering a contradicting prompt badly instead of by drawing the asked layout (BENCHMARKS.md, "Twins"). 0 = off.
+    # Twin contrast (flow stages; ours; twin_weight 0 = off): weight of ``train.flow.twin_contrast_loss`` on the
+    # t2i samples whose prompt has a role-swapped twin (position, color_attr), its scale (nats per relative error
+    # gap), and the lowest noise level it is applied at (below it x_t shows the layout, and the contrast can be won
+    # by answering a contradicting prompt badly). Measured in BENCHMARKS.md, "Twins": every setting tried cost drawing.
     twin_weight: float = 0.0
     twin_scale: float = 20.0
     twin_min_t: float = 0.0

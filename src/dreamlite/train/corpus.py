@@ -98,11 +98,12 @@ def build_pool(kind: str, n: int, seed: int, size: int, vae, encoder, tag_weight
                chunk: int = 1024, workers: int | None = None, progress: bool = True, twins: bool = False) -> Pool:
     """Render n samples of ``kind`` ('t2i' or 'edit') in parallel chunks, encode them, return the pool.
     ``twins`` (t2i only): also encode each prompt's role-swapped twin (``role_swap``) into the bank."""
+    from concurrent.futures import ProcessPoolExecutor
+
     from dreamlite.shapes.language import role_swap
 
     if twins and kind != "t2i":
         raise ValueError(f"twins are defined for t2i prompts only, not for a {kind!r} pool")
-    from concurrent.futures import ProcessPoolExecutor
 
     sizes = [min(chunk, n - i) for i in range(0, n, chunk)]
     workers = workers or min(len(sizes), os.cpu_count() or 1)
