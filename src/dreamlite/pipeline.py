@@ -55,6 +55,11 @@ class VariantDefaults:
     text_layer: int | None = None
 
 
+# Variant fields left out of a folder's JSON at their defaults, so folders written before the field existed and
+# folders written now read the same (and a saved folder does not change when an unrelated option is added).
+_UNSET_VARIANT_FIELDS = {("text_layer", None), ("guidance_max_sigma", 1.0)}
+
+
 @dataclass(frozen=True)
 class PipelineDefaults:
     resolution: tuple[int, int] = (1024, 1024)  # (width, height) the model was trained at
@@ -66,7 +71,7 @@ class PipelineDefaults:
 
     def to_dict(self) -> dict[str, Any]:
         return {"resolution": list(self.resolution), "default_variant": self.default_variant,
-                "variants": {k: {f: x for f, x in asdict(v).items() if not (f == "text_layer" and x is None)}
+                "variants": {k: {f: x for f, x in asdict(v).items() if (f, x) not in _UNSET_VARIANT_FIELDS}
                              for k, v in self.variants.items()},
                 "buckets": self.buckets if isinstance(self.buckets, str) else [list(b) for b in self.buckets]}
 

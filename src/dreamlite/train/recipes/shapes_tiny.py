@@ -352,6 +352,11 @@ TWINS_PILOTS = {r.name: r for r in (twins_pilot("shapes-tiny-twins-w0", 0.0), tw
                                     # position only, at low noise (t ~ 0.18) where the layout is visible
                                     twins_pilot("shapes-tiny-twins-w1-low-t-position", 1.0, t_mean=-1.5, t_std=0.5,
                                                 mix=DataMix(t2i=1.0, edit=0.0, tag_weights={"position": 1.0})),
+                                    # the same on 8x the scenes (48,000 t2i: ~8,000 position) for twice the steps
+                                    replace(twins_pilot("shapes-tiny-twins-w1-low-t-position-big", 1.0, steps=300,
+                                                        t_mean=-1.5, t_std=0.5,
+                                                        mix=DataMix(t2i=1.0, edit=0.0, tag_weights={"position": 1.0})),
+                                            corpus=replace(SHAPES_TINY_V8.corpus, n_t2i=48_000, n_edit=0)),
                                     # the twin's error capped at the negative prompt's
                                     twins_pilot("shapes-tiny-twins-w1-capped", 1.0, twin_cap_uncond=True),
                                     # colour binding only
