@@ -118,8 +118,10 @@ def noun_phrase(cls: str, color: str | None = None) -> str:
     return with_article(f"{color} {cls}" if color else cls)
 
 
-# The words whose roles a prompt of each tag binds: position binds shapes to sides, color_attr colours to shapes.
-_ROLE_WORDS = MappingProxyType({"position": SHAPES, "color_attr": COLORS})
+# The words whose roles a prompt of each tag binds (position binds shapes to sides, color_attr colours to shapes),
+# as one "a|an WORD" pattern per tag, compiled once: pools call role_swap for every prompt.
+_ROLE_PATTERNS = MappingProxyType({tag: re.compile(r"\b(an?) (" + "|".join(words) + r")\b")
+                                   for tag, words in (("position", SHAPES), ("color_attr", COLORS))})
 
 
 def role_swap(prompt: str, tag: str) -> str | None:
@@ -131,10 +133,9 @@ def role_swap(prompt: str, tag: str) -> str | None:
     star'). A twin has the same words as its prompt but describes another image, so telling the two apart is
     exactly the binding the tag measures (the flow stage's twin contrast, ``dreamlite.train.flow``).
     """
-    words = _ROLE_WORDS.get(tag)
-    if words is None:
+    pattern = _ROLE_PATTERNS.get(tag)
+    if pattern is None:
         return None
-    pattern = re.compile(r"\b(an?) (" + "|".join(words) + r")\b")
     found = list(pattern.finditer(prompt))
     if len(found) != 2 or found[0].group(2) == found[1].group(2):
         return None

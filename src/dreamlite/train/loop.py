@@ -97,6 +97,10 @@ class BatchSampler:
             raise ValueError(f"stage {stage.name!r} asks for the twin contrast but its t2i pool has no twin prompts "
                              "(built by a recipe without twin_weight: delete the run's corpus/t2i*.safetensors "
                              "to rebuild it with them)")
+        # each t2i sample's twin id, or -1 where it has none or its tag is not contrasted (once, not per batch)
+        self.t2i_twins = None if not self.twins else torch.where(
+            torch.tensor([name in stage.twin_tags for name in self.t2i.category_names])[self.t2i.categories],
+            self.t2i.twin_ids, -1)
 
     @staticmethod
     def _probs(pool: Pool | None, weights: dict[str, float]) -> Tensor | None:
@@ -118,9 +122,7 @@ class BatchSampler:
             parts.append(dict(x0=pool.x0[idx], cond=cond, text=text, mask=mask,
                               is_edit=torch.full((n,), pool.cond is not None)))
             if self.twins:
-                twin = pool.twin_ids[idx] if pool.twin_ids is not None else torch.full((n,), -1)
-                tags = [k for k, name in enumerate(pool.category_names) if name in self.stage.twin_tags]
-                twin = torch.where(torch.isin(pool.categories[idx], torch.tensor(tags)), twin, -1)
+                twin = self.t2i_twins[idx] if pool is self.t2i else torch.full((n,), -1)
                 twin_text, twin_mask = pool.bank.gather(twin.clamp(min=0))
                 parts[-1].update(twin_text=twin_text, twin_mask=twin_mask * (twin >= 0)[:, None], has_twin=twin >= 0)
         for key, mask_key in (("text", "mask"), ("twin_text", "twin_mask")) if self.twins else (("text", "mask"),):
