@@ -82,6 +82,24 @@ class DistillStageConfig:
 
 
 @dataclass(frozen=True)
+class MirrorConfig:
+    """Mirror pairs drawn beside a flow stage's batches (``dreamlite.train.mirror``; ours): position prompts rolled
+    out once by the stage's starting model, each kept rollout side-corrected and paired with its role-swapped twin
+    from the same starting noise (reflow samples whose targets differ by a mirrored image)."""
+
+    rollouts: int = 8000  # position prompts rolled out at the stage's start (about 60 % are kept)
+    per_batch: int = 16  # rollouts per batch, 2 samples each (prompt and twin), on top of the stage's batch_size
+    sample_steps: int = 20  # the rollouts' Euler steps and text guidance: the base model's shipped settings
+    guidance_scale: float = 3.0
+    seed: int = 31_000  # a training seed (``rl.rl_rng``): the prompts never include a benchmark text
+
+    def __post_init__(self) -> None:
+        if self.rollouts < 1 or self.per_batch < 1 or self.sample_steps < 1 or self.guidance_scale < 1:
+            raise ValueError(f"mirror: need rollouts, per_batch, sample_steps >= 1 and guidance_scale >= 1, got "
+                             f"{self.rollouts}, {self.per_batch}, {self.sample_steps}, {self.guidance_scale}")
+
+
+@dataclass(frozen=True)
 class StageConfig:
     name: str
     mix: DataMix
@@ -107,6 +125,7 @@ class StageConfig:
     twin_min_t: float = 0.0
     twin_cap_uncond: bool = False  # cap the twin's error at the negative prompt's (``twin_contrast_loss``)
     twin_tags: tuple[str, ...] = ("position", "color_attr")  # the tags whose samples are contrasted
+    mirror: MirrorConfig | None = None  # flow stages: mirror pairs beside every batch (None = off)
     kind: str = "flow"  # "flow" (train.loop), "rl" (DiffusionNFT, needs ``rl``), "distill" (needs ``distill``)
     rl: RLStageConfig | None = None
     distill: DistillStageConfig | None = None
@@ -123,6 +142,8 @@ class StageConfig:
                                  f"{self.kind!r}")
         if self.steps < 1:
             raise ValueError(f"stage {self.name!r}: steps must be >= 1, got {self.steps}")
+        if self.mirror is not None and self.kind != "flow":
+            raise ValueError(f"stage {self.name!r}: mirror pairs need a flow stage, not kind {self.kind!r}")
         if self.twin_weight < 0 or self.twin_scale <= 0 or not 0 <= self.twin_min_t < 1:
             raise ValueError(f"stage {self.name!r}: need twin_weight >= 0, twin_scale > 0 and 0 <= twin_min_t < 1, "
                              f"got {self.twin_weight}, {self.twin_scale}, {self.twin_min_t}")

@@ -73,7 +73,8 @@ class Pool:
         return len(self.prompt_ids)
 
 
-def _encode_latents(vae, images: np.ndarray, batch: int = 256) -> Tensor:
+def encode_latents(vae, images: np.ndarray, batch: int = 256) -> Tensor:
+    """uint8 images [N, H, W, 3] -> float32 latents [N, C, h, w] on the CPU, ``batch`` at a time."""
     from dreamlite.models.vae import encode
     out = []
     with torch.no_grad():
@@ -113,9 +114,9 @@ def build_pool(kind: str, n: int, seed: int, size: int, vae, encoder, tag_weight
         jobs = [ex.submit(_render_chunk, kind, seed, i, m, size, tag_weights) for i, m in enumerate(sizes)]
         for job in jobs:  # in submission order: the pool does not depend on scheduling
             targets, sources, p, c = job.result()
-            x0.append(_encode_latents(vae, targets))
+            x0.append(encode_latents(vae, targets))
             if sources is not None:
-                cond.append(_encode_latents(vae, sources))
+                cond.append(encode_latents(vae, sources))
             prompts += p
             cats += c
             bar.update(len(p))

@@ -25,18 +25,22 @@ def flow_matching_loss(unet, x0: Tensor, cond: Tensor, text: Tensor, mask: Tenso
 
 
 def drop_conditions(text: Tensor, mask: Tensor, cond: Tensor, is_edit: Tensor, uncond_text: Tensor,
-                    uncond_mask: Tensor, p_text: float, p_image: float, generator: torch.Generator):
+                    uncond_mask: Tensor, p_text: float, p_image: float, generator: torch.Generator,
+                    keep: Tensor | None = None):
     """Condition dropout for classifier-free guidance.
 
     Generation samples: text -> negative prompt with prob p_text. Edit samples: with prob p_text the text
     is dropped (the (uncond, source) branch of 3-way guidance); with prob p_image the text *and* the source are
     dropped (the (uncond, blank) branch). ``uncond_text`` is [1, L0, D], broadcast into padded slots.
+    ``keep`` [B] bool: samples never dropped (mirror pairs: their target is defined by their text).
     Returns (text, mask, cond, dropped): ``dropped`` [B] bool marks the samples whose text was dropped.
     """
     B, L = mask.shape
     u = torch.rand(B, generator=generator)
     drop_both = is_edit & (u < p_image)
     drop_text = torch.where(is_edit, u < p_image + p_text, u < p_text)  # includes drop_both for edits
+    if keep is not None:
+        drop_both, drop_text = drop_both & ~keep, drop_text & ~keep
     if drop_text.any():
         L0 = uncond_text.shape[1]
         if L0 > L:

@@ -26,6 +26,7 @@ from dreamlite.flow import sample_t_logit_normal
 from dreamlite.train.config import StageConfig
 from dreamlite.train.corpus import Pool, pad_text
 from dreamlite.train.flow import drop_conditions, flow_matching_loss, twin_contrast_loss
+from dreamlite.train.mirror import MirrorSet
 
 
 class EMA:
@@ -79,8 +80,12 @@ class StageContext:
 class BatchSampler:
     """Draws stage batches from the t2i / edit pools with the stage's task and category weights."""
 
-    def __init__(self, pools: dict[str, Pool], stage: StageConfig, generator: torch.Generator, image_size: int):
-        self.stage, self.g, self.size = stage, generator, image_size
+    def __init__(self, pools: dict[str, Pool], stage: StageConfig, generator: torch.Generator, image_size: int,
+                 mirror: MirrorSet | None = None):
+        self.stage, self.g, self.size, self.mirror = stage, generator, image_size, mirror
+        if (mirror is None) != (stage.mirror is None):
+            raise ValueError(f"stage {stage.name!r}: " + ("asks for mirror pairs but none were given" if mirror is None
+                                                          else "got mirror pairs but its config has no 'mirror'"))
         mix = stage.mix
         suffix = "" if mix.pool == "main" else f"_{mix.pool}"
         self.t2i = pools.get("t2i" + suffix) if mix.t2i > 0 else None
@@ -125,6 +130,10 @@ class BatchSampler:
                 twin = self.t2i_twins[idx] if pool is self.t2i else torch.full((n,), -1)
                 twin_text, twin_mask = pool.bank.gather(twin.clamp(min=0))
                 parts[-1].update(twin_text=twin_text, twin_mask=twin_mask * (twin >= 0)[:, None], has_twin=twin >= 0)
+        mirror_noise = None
+        if self.mirror is not None:
+            mirror_part, mirror_noise = self._mirror_rows()
+            parts.append(mirror_part)
         for key, mask_key in (("text", "mask"), ("twin_text", "twin_mask")) if self.twins else (("text", "mask"),):
             L = max(p[key].shape[1] for p in parts)
             for p in parts:
@@ -134,7 +143,24 @@ class BatchSampler:
         batch["time_ids"] = torch.tensor([[float(self.size), float(self.size)]] * B)
         batch["t"] = sample_t_logit_normal(B, self.stage.t_mean, self.stage.t_std, generator=self.g)
         batch["noise"] = torch.randn(batch["x0"].shape, generator=self.g)
+        if mirror_noise is not None:  # reflow samples (the last rows): their own starting noise, text never dropped
+            k = mirror_noise.shape[0]
+            batch["noise"][B - k:] = mirror_noise
+            batch["keep_text"] = torch.arange(B) >= B - k
         return batch
+
+    def _mirror_rows(self) -> tuple[dict[str, Tensor], Tensor]:
+        """``per_batch`` mirror pairs (each rollout's prompt, then its twin: ``train.mirror.MirrorSet.gather``) as
+        a batch part, and their starting noise."""
+        idx = torch.randint(len(self.mirror), (self.stage.mirror.per_batch,), generator=self.g)
+        rows = self.mirror.gather(idx)
+        n = rows["x0"].shape[0]
+        part = dict(x0=rows["x0"], cond=torch.zeros_like(rows["x0"]), text=rows["text"], mask=rows["mask"],
+                    is_edit=torch.zeros(n, dtype=torch.bool))
+        if self.twins:  # mirror rows carry their twin as a sample of its own, not as a contrast
+            part.update(twin_text=rows["text"][:, :1], twin_mask=torch.zeros_like(rows["mask"][:, :1]),
+                        has_twin=torch.zeros(n, dtype=torch.bool))
+        return part, rows["noise"]
 
 
 def lr_lambda(warmup: int, steps: int | None = None, min_ratio: float = 1.0) -> Callable[[int], float]:
@@ -307,7 +333,7 @@ def train_stage(accelerator: Accelerator, unet, ema: EMA, make_sampler: Callable
         uncond_text, uncond_mask = uncond
         text, mask, cond, dropped = drop_conditions(batch["text"], batch["mask"], batch["cond"], batch["is_edit"],
                                                     uncond_text, uncond_mask, stage.p_drop_text, stage.p_drop_image,
-                                                    generator)
+                                                    generator, keep=batch.get("keep_text"))
         with accelerator.autocast():
             loss, twin = stage_loss(unet, batch, text, mask, cond, dropped, stage, accelerator.device, uncond)
         accelerator.backward(loss if twin is None else loss + stage.twin_weight * twin[0])

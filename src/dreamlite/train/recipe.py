@@ -259,9 +259,31 @@ def run_stage(ctx: StageContext, stage: StageConfig, state: LoopState, resume_fr
     if stage.kind == "distill":
         from dreamlite.train.distill_stage import run_distill_stage
         return run_distill_stage(ctx, stage, state, resume_from, stop_after)
-    make_sampler = partial(BatchSampler, ctx.pools, image_size=ctx.recipe.corpus.image_size)
+    make_sampler = partial(BatchSampler, ctx.pools, image_size=ctx.recipe.corpus.image_size,
+                           mirror=prepare_mirror_set(ctx, stage))
     return train_stage(ctx.accelerator, ctx.unet, ctx.ema, make_sampler, stage, ctx.uncond, state, ctx.run_dir,
                        ctx.recipe.seed, ctx.recipe.checkpoint_every, resume_from=resume_from, stop_after=stop_after)
+
+
+def prepare_mirror_set(ctx: StageContext, stage: StageConfig):
+    """The stage's mirror pairs (``train.mirror``), rolled out by the model as the stage starts and saved in
+    ``<run>/corpus/mirror-<stage>.safetensors`` (main process), so a resumed stage draws the same pairs; None when
+    the stage has none."""
+    if stage.mirror is None:
+        return None
+    from dreamlite.sampling import Guidance
+    from dreamlite.train.mirror import build_mirror_set, load_mirror_set, save_mirror_set
+
+    path = ctx.run_dir / "corpus" / f"mirror-{stage.name}.safetensors"
+    if not path.is_file() and ctx.accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        m = stage.mirror
+        mirror = build_mirror_set(ctx, m.rollouts, m.seed, m.sample_steps, Guidance(m.guidance_scale, 1.0))
+        save_mirror_set(mirror, path)
+        with open(ctx.run_dir / "mirror.jsonl", "a") as f:
+            f.write(json.dumps({"stage": stage.name, **mirror.stats}) + "\n")
+    ctx.accelerator.wait_for_everyone()
+    return load_mirror_set(path)
 
 
 def _variant_kwargs(recipe: Recipe, stage: StageConfig) -> dict[str, Any]:

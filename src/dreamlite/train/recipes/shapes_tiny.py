@@ -9,8 +9,8 @@ from dataclasses import replace
 
 from dreamlite.models.vae import VAEConfig
 from dreamlite.sampling import Guidance
-from dreamlite.train.config import (CorpusConfig, DataMix, DistillStageConfig, EvalConfig, Recipe, RLStageConfig,
-                                    StageConfig)
+from dreamlite.train.config import (CorpusConfig, DataMix, DistillStageConfig, EvalConfig, MirrorConfig, Recipe,
+                                    RLStageConfig, StageConfig)
 from dreamlite.train.rl import NFTConfig
 
 T2I = DataMix(t2i=1.0, edit=0.0)
@@ -362,6 +362,17 @@ TWINS_PILOTS = {r.name: r for r in (twins_pilot("shapes-tiny-twins-w0", 0.0), tw
                                     # colour binding only
                                     twins_pilot("shapes-tiny-twins-w0.1-color", 0.1, twin_tags=("color_attr",)))}
 
+# Mirror pairs (BENCHMARKS.md, "Mirror pairs"; ``dreamlite.train.mirror``): the start model's own rollouts of 8,000
+# position prompts, each side-corrected and beside its twin from the same starting noise (reflow samples whose
+# targets differ by a mirrored image), 16 rollouts (32 samples) beside every batch of 64 joint samples (v7's mix).
+# The control is the same round without them. Both start from the shipped base, on v8's corpus (a run folder may
+# link v8's corpus/*.safetensors).
+MIRROR_STAGE = StageConfig("joint-mirror", JOINT_BIND, steps=400, lr=2e-4, batch_size=64, warmup_steps=20,
+                           min_lr_ratio=0.1, ema_decay=0.0)
+SHAPES_TINY_MIRROR_CONTROL = replace(SHAPES_TINY_V8_CONTROL, name="shapes-tiny-mirror-control", stages=(MIRROR_STAGE,))
+SHAPES_TINY_MIRROR = replace(SHAPES_TINY_MIRROR_CONTROL, name="shapes-tiny-mirror",
+                             stages=(replace(MIRROR_STAGE, mirror=MirrorConfig()),))
+
 # CI-sized: the same stage kinds and real rewards, a tiny random network, 2 RL iterations and 2 distill rounds.
 POST_QUICK = Recipe(
     name="shapes-tiny-post-quick",
@@ -398,6 +409,7 @@ RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "sh
            "shapes-tiny-v7-rl-mobile-rl": SHAPES_TINY_V7_RL_MOBILE_RL,
            "shapes-tiny-v8": SHAPES_TINY_V8, "shapes-tiny-v8-control": SHAPES_TINY_V8_CONTROL,
            "shapes-tiny-v8-rl": SHAPES_TINY_V8_RL, "shapes-tiny-v8-rl-coupled": SHAPES_TINY_V8_RL_COUPLED,
+           "shapes-tiny-mirror": SHAPES_TINY_MIRROR, "shapes-tiny-mirror-control": SHAPES_TINY_MIRROR_CONTROL,
            **TWINS_PILOTS}
 
 
