@@ -19,7 +19,7 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
         num_attention_heads=(4, 8, 14), transformer_layers_per_block=(1, 2, 4), mid_transformer_layers=4,
         num_kv_heads=1, qk_norm=True, ff_mult=3, separable_conv=True,
         text_embed_dim=2048, cross_attention_dim=2304, text_proj="rms",
-        time_embed_dim=1024, size_embed_dim=256, pooled_text_embed=False, position_embed=0,
+        time_embed_dim=1024, size_embed_dim=256, pooled_text_embed=False, position_embed=0, text_position_embed=0,
         norm_num_groups=32, norm_eps=1e-5,
     )),
     # Shapes world: MiniLM text (384), 4-channel latents. Same block types as the paper's network; the
@@ -36,7 +36,7 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
         num_attention_heads=(2, 4, 5), transformer_layers_per_block=(1, 1, 2), mid_transformer_layers=2,
         num_kv_heads=1, qk_norm=True, ff_mult=3, separable_conv=True,
         text_embed_dim=384, cross_attention_dim=192, text_proj="rms",
-        time_embed_dim=256, size_embed_dim=32, pooled_text_embed=True, position_embed=0,
+        time_embed_dim=256, size_embed_dim=32, pooled_text_embed=True, position_embed=0, text_position_embed=0,
         norm_num_groups=32, norm_eps=1e-5,
     )),
 })

@@ -266,15 +266,17 @@ def test_other_resolution_export(model_dir, torch_pipe, tmp_path):
         load_onnx_pipeline(r.path, int4=["unet"])
 
 
-def test_place_embedding_exports_and_matches_pytorch(encoder, tmp_path):
-    """A U-Net with ``position_embed`` (its canvas coordinates are computed in the graph) exports exactly too."""
+@pytest.mark.parametrize("field,weights", [("position_embed", ".pos_proj."), ("text_position_embed", "text_pos.")])
+def test_embeddings_of_place_and_token_index_export_and_match_pytorch(encoder, tmp_path, field, weights):
+    """A U-Net with ``position_embed`` (its canvas coordinates are computed in the graph) or ``text_position_embed``
+    (token indices of a dynamic text length) exports exactly too."""
     torch.manual_seed(1)
     vae = make_vae(VAEConfig(image_size=32)).eval()
-    unet = MobileUNet.from_preset("tiny", in_channels=4, out_channels=4, **{**UNET, "position_embed": 2}).eval()
+    unet = MobileUNet.from_preset("tiny", in_channels=4, out_channels=4, **{**UNET, field: 2}).eval()
     with torch.no_grad():
         for name, p in unet.named_parameters():
-            if ".pos_proj." in name:
-                p.normal_(std=0.5)  # trained-looking: the place embedding must move the output
+            if weights in name:
+                p.normal_(std=0.5)  # trained-looking: the embedding must move the output
     defaults = PipelineDefaults(resolution=(32, 32), variants={"base": VariantDefaults("unet", 2, 2.0, 1.5)})
     folder = DreamLitePipeline(unet=unet, vae=vae, text_encoder=encoder, defaults=defaults).save_pretrained(
         tmp_path / "model")

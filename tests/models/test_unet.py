@@ -190,6 +190,24 @@ def test_canvas_coordinates_are_per_half_and_order_left_to_right():
     assert torch.equal(f[:, 0, :2 * F], f[:, 5, :2 * F])
 
 
+def test_text_position_embedding_starts_as_nothing_and_lets_the_network_read_word_order():
+    """Cross-attention reads the text as a set: reordering the tokens leaves the plain network's output unchanged
+    (the reason a small encoder's "A left of B" and "B left of A" look alike to it); with token indices embedded,
+    the order reaches the output. Zero-initialised, the embedding starts as the plain network's function."""
+    plain, indexed = small(), small(text_position_embed=4)
+    missing, unexpected = indexed.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing == ["text_pos.weight"]
+    x = inputs(plain, L=6)  # longer than the 4 embedded indices: the later tokens share the last one
+    swapped = dict(x, encoder_hidden_states=x["encoder_hidden_states"][:, [0, 4, 2, 3, 1, 5]])  # two tokens trade
+    with torch.no_grad():
+        torch.testing.assert_close(indexed(**x), plain(**x))
+        torch.testing.assert_close(plain(**swapped), plain(**x), atol=1e-5, rtol=1e-4)  # blind to the order
+        indexed.text_pos.weight.normal_(std=0.5)
+        assert (indexed(**swapped) - indexed(**x)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="text_position_embed"):
+        small(text_position_embed=-1)
+
+
 def test_place_embedding_starts_as_nothing_and_is_in_the_path():
     plain, placed = small(), small(position_embed=3)
     missing, unexpected = placed.load_state_dict(plain.state_dict(), strict=False)

@@ -139,6 +139,20 @@ def test_position_embed_grows_over_a_saved_network_without_it(tmp_path):
         init_weights(_unet(position_embed=2), tmp_path / "p")
 
 
+def test_text_position_embed_grows_over_a_saved_network_without_it(tmp_path):
+    base = _unet()
+    base.save_pretrained(tmp_path / "m" / "unet")
+    indexed = _unet(text_position_embed=8, position_embed=2)  # both zero-initialised embeddings at once
+    init_weights(indexed, tmp_path / "m")
+    new = [k for k in indexed.state_dict() if k not in base.state_dict()]
+    assert "text_pos.weight" in new and all(".pos_proj." in k or k == "text_pos.weight" for k in new)
+    with torch.no_grad():
+        torch.testing.assert_close(indexed(*_inputs()), base(*_inputs()))
+    indexed.save_pretrained(tmp_path / "i" / "unet")
+    with pytest.raises(ValueError, match=r"differs from the recipe's in \['position_embed', 'text_position_embed'\]"):
+        init_weights(_unet(), tmp_path / "i")  # removing them would drop trained weights: refused
+
+
 def test_recipe_with_init_from_starts_from_those_weights(tmp_path):
     base = _unet()
     with torch.no_grad():

@@ -125,7 +125,8 @@ def translate_config(official: dict[str, Any]) -> dict[str, Any]:
         text_embed_dim=int(official.get("encoder_hid_dim") or cross_dim), cross_attention_dim=int(cross_dim),
         text_proj=TEXT_PROJ[proj_type],
         time_embed_dim=int(official.get("time_embedding_dim") or 4 * C[0]),
-        size_embed_dim=size_dim, pooled_text_embed=False, position_embed=0,  # the official network has no place embedding
+        size_embed_dim=size_dim, pooled_text_embed=False,
+        position_embed=0, text_position_embed=0,  # the official network embeds neither places nor token indices
         norm_num_groups=int(official.get("norm_num_groups", 32)), norm_eps=float(official.get("norm_eps", 1e-5)),
     )
 

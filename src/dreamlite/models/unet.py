@@ -22,6 +22,11 @@ architectural switch of the official 0.39B network is a config field:
   added to the tokens of every transformer. Without it a query learns where it is only from conv zero padding;
   "the first noun goes left" needs the query to know left from right. On the Shapes model it did not move
   position's side (BENCHMARKS.md, "v8"): there the starting noise, not the query, decides the side.
+* ``text_position_embed`` - (ours, 0 = off as in the paper's network) a learned embedding of each text token's
+  index (the first N; later tokens share the last), added to the projected text (zero-initialised, so switching it
+  on keeps a trained network's function). Cross-attention reads the text as a *set*: without it, the U-Net sees
+  "a star left of a square" and "a square left of a star" as the same tokens, told apart only by the encoder's
+  context in the two noun states (a small text encoder puts little there: BENCHMARKS.md, "Mirror pairs").
 
 Module and parameter names follow the official checkpoint, so official weights and PEFT LoRA adapters
 (``to_q``, ``to_k``, ``to_v``, ``to_out.0``) load without renaming.
@@ -346,6 +351,7 @@ class MobileUNet(ModelMixin, ConfigMixin):
         size_embed_dim: int = 256,
         pooled_text_embed: bool = False,
         position_embed: int = 0,
+        text_position_embed: int = 0,
         norm_num_groups: int = 32,
         norm_eps: float = 1e-5,
     ):
@@ -367,6 +373,9 @@ class MobileUNet(ModelMixin, ConfigMixin):
         else:
             self.encoder_hid_proj = None
         self.pooled_text_proj = EmbeddingMLP(cross_attention_dim, time_embed_dim) if pooled_text_embed else None
+        self.text_pos = nn.Embedding(text_position_embed, cross_attention_dim) if text_position_embed else None
+        if self.text_pos is not None:
+            nn.init.zeros_(self.text_pos.weight)  # starts as no embedding: a trained network keeps its function
 
         self.down_blocks = nn.ModuleList()
         c_prev = C[0]
@@ -413,6 +422,9 @@ class MobileUNet(ModelMixin, ConfigMixin):
             raise ValueError("text_proj='none' needs text_embed_dim == cross_attention_dim")
         if not isinstance(cfg.position_embed, int) or cfg.position_embed < 0:
             raise ValueError(f"config.position_embed must be a number of frequencies >= 0, got {cfg.position_embed!r}")
+        if not isinstance(cfg.text_position_embed, int) or cfg.text_position_embed < 0:
+            raise ValueError(f"config.text_position_embed must be a number of token indices >= 0, got "
+                             f"{cfg.text_position_embed!r}")
         for c in cfg.block_out_channels:
             if c % cfg.norm_num_groups:
                 raise ValueError(f"block width {c} is not divisible by norm_num_groups={cfg.norm_num_groups}")
@@ -458,6 +470,9 @@ class MobileUNet(ModelMixin, ConfigMixin):
         text = encoder_hidden_states
         if self.encoder_hid_proj is not None:
             text = self.encoder_hid_proj(text)  # [B, L, D_cross]
+        if self.text_pos is not None:
+            index = torch.arange(text.shape[1], device=text.device).clamp(max=self.text_pos.num_embeddings - 1)
+            text = text + self.text_pos(index).to(text.dtype)  # [B, L, D_cross] + [L, D_cross]
         bias = None
         if encoder_attention_mask is not None:
             bias = (1.0 - encoder_attention_mask.to(dtype)) * -10000.0  # [B, L]; the official additive mask

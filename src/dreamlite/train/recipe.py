@@ -114,6 +114,12 @@ def check_init_text_encoder(recipe: Recipe, folder: Path) -> None:
                          f"{mine[0]!r} layer {mine[1]}; set the recipe's text_encoder / text_layer to match")
 
 
+# Config fields of zero-initialised embeddings (ours) -> the suffixes of their weights: switched on over a saved
+# network without them, they start at zero, so the grown network computes what the saved one did.
+ZERO_INIT_EMBEDS = {"position_embed": (".pos_proj.weight", ".pos_proj.bias"),
+                    "text_position_embed": ("text_pos.weight",)}
+
+
 def init_weights(unet: MobileUNet, folder: Path, grow_attention: bool = False, drop_pooled_text: bool = False) -> None:
     """Load a pipeline folder's (or a bare U-Net folder's) weights into ``unet`` for fine-tuning; the saved config
     must describe the same network, so a mismatch is an error naming the differing fields, not a partial load.
@@ -123,8 +129,8 @@ def init_weights(unet: MobileUNet, folder: Path, grow_attention: bool = False, d
     (its ``proj_out`` is zero and it is residual), so the grown network's first output equals the old one's.
     With ``drop_pooled_text``, the saved network has the pooled text path and ``unet`` has not: those weights
     are left out (the one change that removes a path; the network then differs from its first output).
-    A ``unet`` with ``position_embed`` over a saved network without it keeps its zero-initialised place
-    projections (every other weight loads exactly), so it too starts as the saved network's function."""
+    A ``unet`` with ``position_embed`` or ``text_position_embed`` over a saved network without it keeps those
+    zero-initialised weights (every other weight loads exactly), so it too starts as the saved network's function."""
     from dreamlite.pipeline import load_unet
 
     unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
@@ -139,9 +145,10 @@ def init_weights(unet: MobileUNet, folder: Path, grow_attention: bool = False, d
             raise ValueError(f"init_from {folder}: drop_pooled_text needs a saved U-Net with pooled_text_embed "
                              "and a recipe U-Net without it")
         theirs["pooled_text_embed"] = False
-    grow_position = not theirs.get("position_embed", 0) and mine.get("position_embed", 0) > 0
-    if grow_position:
-        theirs["position_embed"] = mine["position_embed"]
+    # zero-initialised embeddings a recipe may switch on over a saved network without them: field -> weight names
+    grown_embeds = [f for f in ZERO_INIT_EMBEDS if not theirs.get(f, 0) and mine.get(f, 0) > 0]
+    for f in grown_embeds:
+        theirs[f] = mine[f]
     diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     grown = _grown_levels(mine, theirs) if grow_attention else None
     if diff and grown is None:
@@ -150,11 +157,11 @@ def init_weights(unet: MobileUNet, folder: Path, grow_attention: bool = False, d
     state = {k: v.float() for k, v in base.state_dict().items()
              if not (drop_pooled_text and k.startswith("pooled_text_proj."))}
     prefixes = tuple(f"{name}.attentions." for name in grown or [])
-    place = (".pos_proj.weight", ".pos_proj.bias") if grow_position else ()
-    missing, unexpected = unet.load_state_dict(state, strict=not (diff or grow_position))
-    stray = [k for k in missing if not (k.startswith(prefixes) or (place and k.endswith(place)))]
+    new_weights = tuple(w for f in grown_embeds for w in ZERO_INIT_EMBEDS[f])
+    missing, unexpected = unet.load_state_dict(state, strict=not (diff or grown_embeds))
+    stray = [k for k in missing if not (k.startswith(prefixes) or k.endswith(new_weights))]
     if unexpected or stray:
-        raise ValueError(f"init_from {folder}: growing {grown or 'position_embed'} left unmatched weights: "
+        raise ValueError(f"init_from {folder}: growing {grown or grown_embeds} left unmatched weights: "
                          f"missing {stray[:5]}, unexpected {unexpected[:5]}")
     if not diff:
         return
