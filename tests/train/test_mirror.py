@@ -219,3 +219,19 @@ def test_mirror_set_keeps_mirrors_drops_what_the_detector_rejects_and_is_built_o
         assert _spelled(m.bank, j) == prompt and _spelled(m.bank, j + len(m)) == role_swap(prompt, "position")
         assert relation in relation_of(own[j], subject, reference)[0]
         assert relation not in relation_of(twin[j], subject, reference)[0]
+
+
+def test_mirror_rows_are_contrasted_with_each_other_s_text_and_drawn_at_their_own_t():
+    """With twin_weight and no pool tags, only the pairs are contrasted: each row's twin text is the other row's
+    (the prompt's twin is its twin prompt, and back); a pool without twin prompts is fine; t_mean moves their t."""
+    m = _mirror_set(40)
+    stage = StageConfig("s", DataMix(1.0, 0.0), steps=1, lr=1e-4, batch_size=4, twin_weight=1.0, twin_tags=(),
+                        mirror=MirrorConfig(per_batch=200, t_mean=3.0))
+    batch = BatchSampler({"t2i": _pool()}, stage, torch.Generator().manual_seed(3), 32, mirror=m).draw()
+    assert batch["has_twin"].tolist() == [False] * 4 + [True] * 400
+    spelled = lambda text, mask: "".join(chr(int(v)) for v in text[:int(mask.sum()), 0])  # noqa: E731
+    for r in (4, 5, 203, 204, 403):
+        other = r + 200 if r < 204 else r - 200
+        assert spelled(batch["twin_text"][r], batch["twin_mask"][r]) == spelled(batch["text"][other],
+                                                                                batch["mask"][other])
+    assert batch["t"][4:].median() > 0.9  # sigmoid(N(3, 1)); the stage's own sampling has median 0.5

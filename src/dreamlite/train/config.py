@@ -92,6 +92,9 @@ class MirrorConfig:
     sample_steps: int = 20  # the rollouts' Euler steps and text guidance: the base model's shipped settings
     guidance_scale: float = 3.0
     seed: int = 31_000  # a training seed (``rl.rl_rng``): the prompts never include a benchmark text
+    # logit-normal mean of the pairs' t (std: the stage's); None = the stage's own t sampling. The layout is decided
+    # at high noise, so a stage may draw its pairs there (0.8: median t 0.69).
+    t_mean: float | None = None
 
     def __post_init__(self) -> None:
         if self.rollouts < 1 or self.per_batch < 1 or self.sample_steps < 1 or self.guidance_scale < 1:
@@ -124,7 +127,9 @@ class StageConfig:
     twin_scale: float = 20.0
     twin_min_t: float = 0.0
     twin_cap_uncond: bool = False  # cap the twin's error at the negative prompt's (``twin_contrast_loss``)
-    twin_tags: tuple[str, ...] = ("position", "color_attr")  # the tags whose samples are contrasted
+    # the pool tags whose samples are contrasted; a stage's mirror pairs are contrasted whenever twin_weight > 0
+    # (each pair row also under the other row's text: same noise, same t), so () contrasts only them
+    twin_tags: tuple[str, ...] = ("position", "color_attr")
     mirror: MirrorConfig | None = None  # flow stages: mirror pairs beside every batch (None = off)
     kind: str = "flow"  # "flow" (train.loop), "rl" (DiffusionNFT, needs ``rl``), "distill" (needs ``distill``)
     rl: RLStageConfig | None = None
@@ -147,7 +152,7 @@ class StageConfig:
         if self.twin_weight < 0 or self.twin_scale <= 0 or not 0 <= self.twin_min_t < 1:
             raise ValueError(f"stage {self.name!r}: need twin_weight >= 0, twin_scale > 0 and 0 <= twin_min_t < 1, "
                              f"got {self.twin_weight}, {self.twin_scale}, {self.twin_min_t}")
-        if self.twin_weight > 0 and (self.kind != "flow" or self.mix.t2i <= 0):
+        if self.twin_weight > 0 and (self.kind != "flow" or (self.mix.t2i <= 0 and self.mirror is None)):
             raise ValueError(f"stage {self.name!r}: the twin contrast needs a flow stage that draws t2i samples "
                              f"(kind {self.kind!r}, t2i share {self.mix.t2i})")
 

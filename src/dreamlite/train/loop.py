@@ -98,14 +98,15 @@ class BatchSampler:
         self.p_t2i = self._probs(self.t2i, mix.tag_weights)
         self.p_edit = self._probs(self.edit, mix.edit_weights)
         self.twins = stage.twin_weight > 0
-        if self.twins and (self.t2i is None or self.t2i.twin_ids is None):
+        pool_twins = self.twins and bool(stage.twin_tags)  # else only the mirror pairs are contrasted
+        if pool_twins and (self.t2i is None or self.t2i.twin_ids is None):
             raise ValueError(f"stage {stage.name!r} asks for the twin contrast but its t2i pool has no twin prompts "
                              "(built by a recipe without twin_weight: delete the run's corpus/t2i*.safetensors "
                              "to rebuild it with them)")
         # each t2i sample's twin id, or -1 where it has none or its tag is not contrasted (once, not per batch)
-        self.t2i_twins = None if not self.twins else torch.where(
+        self.t2i_twins = None if not self.twins or self.t2i is None else torch.where(
             torch.tensor([name in stage.twin_tags for name in self.t2i.category_names])[self.t2i.categories],
-            self.t2i.twin_ids, -1)
+            self.t2i.twin_ids, -1) if pool_twins else torch.full((len(self.t2i),), -1)
 
     @staticmethod
     def _probs(pool: Pool | None, weights: dict[str, float]) -> Tensor | None:
@@ -144,9 +145,11 @@ class BatchSampler:
         batch["t"] = sample_t_logit_normal(B, self.stage.t_mean, self.stage.t_std, generator=self.g)
         batch["noise"] = torch.randn(batch["x0"].shape, generator=self.g)
         if mirror_noise is not None:  # reflow samples (the last rows): their own starting noise, text never dropped
-            k = mirror_noise.shape[0]
+            k, t_mean = mirror_noise.shape[0], self.stage.mirror.t_mean
             batch["noise"][B - k:] = mirror_noise
             batch["keep_text"] = torch.arange(B) >= B - k
+            if t_mean is not None:
+                batch["t"][B - k:] = sample_t_logit_normal(k, t_mean, self.stage.t_std, generator=self.g)
         return batch
 
     def _mirror_rows(self) -> tuple[dict[str, Tensor], Tensor]:
@@ -157,9 +160,10 @@ class BatchSampler:
         n = rows["x0"].shape[0]
         part = dict(x0=rows["x0"], cond=torch.zeros_like(rows["x0"]), text=rows["text"], mask=rows["mask"],
                     is_edit=torch.zeros(n, dtype=torch.bool))
-        if self.twins:  # mirror rows carry their twin as a sample of its own, not as a contrast
-            part.update(twin_text=rows["text"][:, :1], twin_mask=torch.zeros_like(rows["mask"][:, :1]),
-                        has_twin=torch.zeros(n, dtype=torch.bool))
+        if self.twins:  # each row is contrasted with the other row's text: the prompt's with its twin's, and back
+            swap = torch.cat([torch.arange(n // 2, n), torch.arange(n // 2)])
+            part.update(twin_text=rows["text"][swap], twin_mask=rows["mask"][swap],
+                        has_twin=torch.ones(n, dtype=torch.bool))
         return part, rows["noise"]
 
 

@@ -70,7 +70,7 @@ def prepare_corpus(recipe: Recipe, run_dir: Path, accelerator: Accelerator, vae,
         if not path.is_file() and accelerator.is_main_process:
             n = (c.n_t2i if kind == "t2i" else c.n_edit) if pool_name == "main" else c.n_sft
             weights = SFT_TAG_WEIGHTS if (pool_name == "sft" and kind == "t2i") else None
-            twins = kind == "t2i" and any(s.twin_weight > 0 and s.mix.pool == pool_name for s in pooled)
+            twins = kind == "t2i" and any(s.twin_weight > 0 and s.twin_tags and s.mix.pool == pool_name for s in pooled)
             save_pool(build_pool(kind, n, c.seed + 7919 * i, c.image_size, vae, encoder, tag_weights=weights,
                                  twins=twins), path)
         accelerator.wait_for_everyone()

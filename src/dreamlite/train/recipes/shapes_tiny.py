@@ -373,6 +373,16 @@ SHAPES_TINY_MIRROR_CONTROL = replace(SHAPES_TINY_V8_CONTROL, name="shapes-tiny-m
 SHAPES_TINY_MIRROR = replace(SHAPES_TINY_MIRROR_CONTROL, name="shapes-tiny-mirror",
                              stages=(replace(MIRROR_STAGE, mirror=MirrorConfig()),))
 
+# The same pairs under the twin contrast (each pair row also scored under the other row's text, same noise and t,
+# drawn at high noise: t_mean 0.8), on a U-Net that embeds token indices (`text_position_embed`, zero-initialised:
+# cross-attention alone reads "A left of B" and "B left of A" as the same set of tokens). 600 steps at lr 5e-4. The
+# stage keeps shapes-tiny-mirror's name, so a run folder may link that run's mirror set (the same start function).
+SHAPES_TINY_MIRROR_TWINS = replace(
+    SHAPES_TINY_MIRROR, name="shapes-tiny-mirror-twins",
+    unet_overrides=dict(SHAPES_TINY_MIRROR.unet_overrides, text_position_embed=32),
+    stages=(replace(MIRROR_STAGE, steps=600, lr=5e-4, twin_weight=1.0, twin_tags=(),
+                    mirror=MirrorConfig(t_mean=0.8)),))
+
 # CI-sized: the same stage kinds and real rewards, a tiny random network, 2 RL iterations and 2 distill rounds.
 POST_QUICK = Recipe(
     name="shapes-tiny-post-quick",
@@ -410,6 +420,7 @@ RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "sh
            "shapes-tiny-v8": SHAPES_TINY_V8, "shapes-tiny-v8-control": SHAPES_TINY_V8_CONTROL,
            "shapes-tiny-v8-rl": SHAPES_TINY_V8_RL, "shapes-tiny-v8-rl-coupled": SHAPES_TINY_V8_RL_COUPLED,
            "shapes-tiny-mirror": SHAPES_TINY_MIRROR, "shapes-tiny-mirror-control": SHAPES_TINY_MIRROR_CONTROL,
+           "shapes-tiny-mirror-twins": SHAPES_TINY_MIRROR_TWINS,
            **TWINS_PILOTS}
 
 
