@@ -104,9 +104,12 @@ class BatchSampler:
                              "(built by a recipe without twin_weight: delete the run's corpus/t2i*.safetensors "
                              "to rebuild it with them)")
         # each t2i sample's twin id, or -1 where it has none or its tag is not contrasted (once, not per batch)
-        self.t2i_twins = None if not self.twins or self.t2i is None else torch.where(
-            torch.tensor([name in stage.twin_tags for name in self.t2i.category_names])[self.t2i.categories],
-            self.t2i.twin_ids, -1) if pool_twins else torch.full((len(self.t2i),), -1)
+        self.t2i_twins = None
+        if pool_twins:
+            contrasted = torch.tensor([name in stage.twin_tags for name in self.t2i.category_names])
+            self.t2i_twins = torch.where(contrasted[self.t2i.categories], self.t2i.twin_ids, -1)
+        elif self.twins and self.t2i is not None:
+            self.t2i_twins = torch.full((len(self.t2i),), -1)
 
     @staticmethod
     def _probs(pool: Pool | None, weights: dict[str, float]) -> Tensor | None:
