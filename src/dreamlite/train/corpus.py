@@ -54,6 +54,14 @@ class TextBank:
         text = self.states[index].float() * mask[..., None]  # [B, L, D]
         return text, mask
 
+    def tensors(self) -> dict[str, Tensor]:
+        """The bank as ``bank.*`` entries of a safetensors file (pools and mirror sets store it alike)."""
+        return {"bank.states": self.states, "bank.offsets": self.offsets, "bank.lengths": self.lengths}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, Tensor]) -> "TextBank":
+        return cls(t["bank.states"], t["bank.offsets"], t["bank.lengths"])
+
 
 @dataclass
 class Pool:
@@ -134,8 +142,7 @@ def build_pool(kind: str, n: int, seed: int, size: int, vae, encoder, tag_weight
 
 def save_pool(pool: Pool, path: Path) -> None:
     """Atomic safetensors + JSON sidecar (category names)."""
-    tensors = {"x0": pool.x0, "prompt_ids": pool.prompt_ids, "categories": pool.categories,
-               "bank.states": pool.bank.states, "bank.offsets": pool.bank.offsets, "bank.lengths": pool.bank.lengths}
+    tensors = {"x0": pool.x0, "prompt_ids": pool.prompt_ids, "categories": pool.categories, **pool.bank.tensors()}
     if pool.cond is not None:
         tensors["cond"] = pool.cond
     if pool.twin_ids is not None:
@@ -151,9 +158,8 @@ def load_pool(path: Path) -> Pool:
     with safe_open(str(path), "pt") as f:
         names = json.loads(f.metadata()["category_names"])
     t = load_file(str(path))
-    bank = TextBank(t["bank.states"], t["bank.offsets"], t["bank.lengths"])
     return Pool(x0=t["x0"], cond=t.get("cond"), prompt_ids=t["prompt_ids"], categories=t["categories"],
-                category_names=names, bank=bank, twin_ids=t.get("twin_ids"))
+                category_names=names, bank=TextBank.from_tensors(t), twin_ids=t.get("twin_ids"))
 
 
 def pad_text(text: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:

@@ -119,8 +119,7 @@ class MirrorSet:
 
 def save_mirror_set(mirror: MirrorSet, path: Path) -> None:
     """Atomic safetensors (+ the build's statistics as metadata)."""
-    tensors = {"noise": mirror.noise, "x0": mirror.x0, "x0_twin": mirror.x0_twin, "bank.states": mirror.bank.states,
-               "bank.offsets": mirror.bank.offsets, "bank.lengths": mirror.bank.lengths}
+    tensors = {"noise": mirror.noise, "x0": mirror.x0, "x0_twin": mirror.x0_twin, **mirror.bank.tensors()}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"stats": json.dumps(mirror.stats)})
     os.replace(tmp, path)
@@ -142,8 +141,7 @@ def load_mirror_set(path: Path) -> MirrorSet:
         raise ValueError(f"{path}: mirror set tensors disagree in size (noise {tuple(t['noise'].shape)}, x0 "
                          f"{tuple(t['x0'].shape)}, x0_twin {tuple(t['x0_twin'].shape)}, {len(t['bank.offsets'])} "
                          f"prompts for {n} pairs)")
-    return MirrorSet(t["noise"], t["x0"], t["x0_twin"], TextBank(t["bank.states"], t["bank.offsets"],
-                                                                  t["bank.lengths"]), stats)
+    return MirrorSet(t["noise"], t["x0"], t["x0_twin"], TextBank.from_tensors(t), stats)
 
 
 @torch.no_grad()
