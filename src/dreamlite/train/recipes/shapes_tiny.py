@@ -384,9 +384,10 @@ SHAPES_TINY_MIRROR_TWINS = replace(
                     mirror=MirrorConfig(t_mean=0.8)),))
 
 # At weight 1 that contrast (scale 20 per relative error gap) dominates the loss and wrecks drawing (GenEval 0.473).
-# At a tenth, with the twin's error capped at the negative prompt's (no gain from answering the twin worse than no text),
-# the side is learnt later (pair accuracy 0.84 at step 600) and the round costs about what a plain round costs an
-# RL-tuned start (BENCHMARKS.md, "Mirror pairs, gently"). The RL recipe after it is v7-rl-pos's stage, 100 iterations.
+# At a tenth, with the twin's error capped at the negative prompt's (no gain from answering the twin worse than no
+# text), the side is learnt later (pair accuracy 0.84 at step 600) and the round costs about what a plain round costs
+# an RL-tuned start (BENCHMARKS.md, "Mirror pairs, gently"). The RL recipe after it is v7-rl-pos's stage, 100
+# iterations; then -rl2 and -rl3 (GenEval 0.707, position 0.49, editing 0.817 / 0.853: not shipped).
 SHAPES_TINY_MIRROR_GENTLE = replace(
     SHAPES_TINY_MIRROR_TWINS, name="shapes-tiny-mirror-gentle",
     stages=(replace(SHAPES_TINY_MIRROR_TWINS.stages[0], twin_weight=0.1, twin_cap_uncond=True),))
@@ -400,7 +401,7 @@ SHAPES_TINY_MIRROR_GENTLE_RL2 = replace(  # 150 more iterations, fresh rollouts
     init_from="runs/shapes-tiny-mirror-gentle-rl/model",
     stages=(replace(SHAPES_TINY_MIRROR_GENTLE_RL.stages[0], name="rl-mirror-2", steps=150,
                     rl=replace(SHAPES_TINY_MIRROR_GENTLE_RL.stages[0].rl, rl_seed=13)),))
-SHAPES_TINY_MIRROR_GENTLE_RL3 = replace(  # 150 more with v7-rl's balanced mix (position a fifth of t2i, KL 0.2)
+SHAPES_TINY_MIRROR_GENTLE_RL3 = replace(  # 150 more with v7-rl's mix (position a fifth of all prompts, KL 0.2)
     SHAPES_TINY_MIRROR_GENTLE_RL, name="shapes-tiny-mirror-gentle-rl3",
     init_from="runs/shapes-tiny-mirror-gentle-rl2/model",
     stages=(replace(SHAPES_TINY_V7_RL.stages[0], name="rl-mirror-3", steps=150,
