@@ -406,6 +406,12 @@ SHAPES_TINY_MIRROR_GENTLE_RL3 = replace(  # 150 more with v7-rl's mix (position 
     init_from="runs/shapes-tiny-mirror-gentle-rl2/model",
     stages=(replace(SHAPES_TINY_V7_RL.stages[0], name="rl-mirror-3", steps=150,
                     rl=replace(SHAPES_TINY_V7_RL.stages[0].rl, rl_seed=14)),))
+SHAPES_TINY_MIRROR_GENTLE_RL4 = replace(  # 150 more with edits at 0.6 of the prompts: editing did not come back
+    SHAPES_TINY_MIRROR_GENTLE_RL3, name="shapes-tiny-mirror-gentle-rl4",
+    init_from="runs/shapes-tiny-mirror-gentle-rl3/model",
+    stages=(replace(SHAPES_TINY_MIRROR_GENTLE_RL3.stages[0], name="rl-mirror-4",
+                    mix=replace(SHAPES_TINY_MIRROR_GENTLE_RL3.stages[0].mix, t2i=0.4, edit=0.6),
+                    rl=replace(SHAPES_TINY_MIRROR_GENTLE_RL3.stages[0].rl, rl_seed=15)),))
 
 # CI-sized: the same stage kinds and real rewards, a tiny random network, 2 RL iterations and 2 distill rounds.
 POST_QUICK = Recipe(
@@ -449,6 +455,7 @@ RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "sh
            "shapes-tiny-mirror-gentle-rl": SHAPES_TINY_MIRROR_GENTLE_RL,
            "shapes-tiny-mirror-gentle-rl2": SHAPES_TINY_MIRROR_GENTLE_RL2,
            "shapes-tiny-mirror-gentle-rl3": SHAPES_TINY_MIRROR_GENTLE_RL3,
+           "shapes-tiny-mirror-gentle-rl4": SHAPES_TINY_MIRROR_GENTLE_RL4,
            **TWINS_PILOTS}
 
 
