@@ -391,27 +391,32 @@ SHAPES_TINY_MIRROR_TWINS = replace(
 SHAPES_TINY_MIRROR_GENTLE = replace(
     SHAPES_TINY_MIRROR_TWINS, name="shapes-tiny-mirror-gentle",
     stages=(replace(SHAPES_TINY_MIRROR_TWINS.stages[0], twin_weight=0.1, twin_cap_uncond=True),))
+
+
 SHAPES_TINY_MIRROR_GENTLE_RL = replace(
     SHAPES_TINY_V7_RL_POS, name="shapes-tiny-mirror-gentle-rl", init_from="runs/shapes-tiny-mirror-gentle/model",
     vae_path="runs/shapes-tiny-mirror-gentle/model/vae", unet_overrides=SHAPES_TINY_MIRROR_TWINS.unet_overrides,
     stages=(replace(SHAPES_TINY_V7_RL_POS.stages[0], name="rl-mirror", steps=100,
                     rl=replace(SHAPES_TINY_V7_RL_POS.stages[0].rl, rl_seed=12)),))
-SHAPES_TINY_MIRROR_GENTLE_RL2 = replace(  # 150 more iterations, fresh rollouts
-    SHAPES_TINY_MIRROR_GENTLE_RL, name="shapes-tiny-mirror-gentle-rl2",
-    init_from="runs/shapes-tiny-mirror-gentle-rl/model",
-    stages=(replace(SHAPES_TINY_MIRROR_GENTLE_RL.stages[0], name="rl-mirror-2", steps=150,
-                    rl=replace(SHAPES_TINY_MIRROR_GENTLE_RL.stages[0].rl, rl_seed=13)),))
-SHAPES_TINY_MIRROR_GENTLE_RL3 = replace(  # 150 more with v7-rl's mix (position a fifth of all prompts, KL 0.2)
-    SHAPES_TINY_MIRROR_GENTLE_RL, name="shapes-tiny-mirror-gentle-rl3",
-    init_from="runs/shapes-tiny-mirror-gentle-rl2/model",
-    stages=(replace(SHAPES_TINY_V7_RL.stages[0], name="rl-mirror-3", steps=150,
-                    rl=replace(SHAPES_TINY_V7_RL.stages[0].rl, rl_seed=14)),))
-SHAPES_TINY_MIRROR_GENTLE_RL4 = replace(  # 150 more with edits at 0.6 of the prompts: editing did not come back
-    SHAPES_TINY_MIRROR_GENTLE_RL3, name="shapes-tiny-mirror-gentle-rl4",
-    init_from="runs/shapes-tiny-mirror-gentle-rl3/model",
-    stages=(replace(SHAPES_TINY_MIRROR_GENTLE_RL3.stages[0], name="rl-mirror-4",
-                    mix=replace(SHAPES_TINY_MIRROR_GENTLE_RL3.stages[0].mix, t2i=0.4, edit=0.6),
-                    rl=replace(SHAPES_TINY_MIRROR_GENTLE_RL3.stages[0].rl, rl_seed=15)),))
+
+
+def rl_round(after: Recipe, name: str, stage: StageConfig, rl_seed: int, steps: int, **stage_changes) -> Recipe:
+    """One more RL round on the model of the run ``after`` (``runs/<after.name>/model``): ``stage`` renamed, with
+    its own length and rollout seed (fresh prompts and noise); the network and VAE settings stay ``after``'s."""
+    return replace(after, name=name, init_from=f"runs/{after.name}/model",
+                   stages=(replace(stage, name=name.removeprefix("shapes-tiny-"), steps=steps,
+                                   rl=replace(stage.rl, rl_seed=rl_seed), **stage_changes),))
+
+
+SHAPES_TINY_MIRROR_GENTLE_RL2 = rl_round(SHAPES_TINY_MIRROR_GENTLE_RL, "shapes-tiny-mirror-gentle-rl2",
+                                         SHAPES_TINY_MIRROR_GENTLE_RL.stages[0], rl_seed=13, steps=150)
+# v7-rl's mix (position a fifth of all prompts, KL 0.2)
+SHAPES_TINY_MIRROR_GENTLE_RL3 = rl_round(SHAPES_TINY_MIRROR_GENTLE_RL2, "shapes-tiny-mirror-gentle-rl3",
+                                         SHAPES_TINY_V7_RL.stages[0], rl_seed=14, steps=150)
+# edits at 0.6 of the prompts: editing did not come back
+SHAPES_TINY_MIRROR_GENTLE_RL4 = rl_round(SHAPES_TINY_MIRROR_GENTLE_RL3, "shapes-tiny-mirror-gentle-rl4",
+                                         SHAPES_TINY_V7_RL.stages[0], rl_seed=15, steps=150,
+                                         mix=replace(SHAPES_TINY_V7_RL.stages[0].mix, t2i=0.4, edit=0.6))
 
 # CI-sized: the same stage kinds and real rewards, a tiny random network, 2 RL iterations and 2 distill rounds.
 POST_QUICK = Recipe(
