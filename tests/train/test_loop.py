@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 from dreamlite.models.unet import MobileUNet
-from dreamlite.train.config import DataMix, StageConfig
+from dreamlite.train.config import DataMix, RLStageConfig, StageConfig
 from dreamlite.train.corpus import Pool, TextBank
-from dreamlite.train.flow import drop_conditions, flow_matching_loss, twin_contrast_loss
-from dreamlite.train.loop import BatchSampler, latest_checkpoint, stage_loss
+from dreamlite.train.flow import drop_conditions, flow_matching_loss, predict_velocity, twin_contrast_loss
+from dreamlite.train.loop import BatchSampler, latest_checkpoint, stage_loss, train_stage
+from dreamlite.train.rl import frozen_copy
 
 HERE = Path(__file__).parent
 SCRIPT = str(HERE / "synthetic_run.py")
@@ -225,3 +226,33 @@ def test_twin_settings_are_checked_where_the_stage_is_defined():
         StageConfig("e", DataMix(t2i=0.0, edit=1.0), steps=1, lr=1e-3, batch_size=4, twin_weight=1.0)
     with pytest.raises(ValueError, match="twin_min_t"):
         StageConfig("s", DataMix(), steps=1, lr=1e-3, batch_size=4, twin_weight=1.0, twin_min_t=1.0)
+
+
+def test_anchored_rows_regress_onto_the_anchor_and_mirror_rows_onto_the_data():
+    torch.manual_seed(0)
+    unet = MobileUNet.from_preset("tiny", **UNET, in_channels=4, out_channels=4).eval()
+    stage = StageConfig("s", DataMix(t2i=0.5, edit=0.5), steps=1, lr=1e-3, batch_size=8, anchor_weight=2.0)
+    pools = {"t2i": make_pool("t2i", 64, 1), "edit": make_pool("edit", 64, 2)}
+    batch = BatchSampler(pools, stage, torch.Generator().manual_seed(3), image_size=32).draw()
+    dropped = torch.zeros(8, dtype=torch.bool)
+    args = (batch["x0"], batch["cond"], batch["text"], batch["mask"], batch["time_ids"], batch["t"])
+    with torch.no_grad():
+        data = flow_matching_loss(unet, *args[:5], batch["t"], batch["noise"], reduce=False)  # [8]
+        # the anchor is the network itself (a stage's start): every anchored row costs exactly nothing
+        assert stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu", anchor=frozen_copy(unet))[0] == 0
+        batch["keep_text"] = torch.arange(8) >= 6  # the last two rows are mirror pairs: data targets, weight 1
+        loss, _ = stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu", anchor=frozen_copy(unet))
+        torch.testing.assert_close(loss, data[6:].sum() / 8)
+        torch.manual_seed(1)
+        other = MobileUNet.from_preset("tiny", **UNET, in_channels=4, out_channels=4).eval()
+        loss, _ = stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu", anchor=other)
+        x_t = batch["x0"] + batch["t"][:, None, None, None] * (batch["noise"] - batch["x0"])
+        v, v_other = (predict_velocity(m, x_t, *args[1:]) for m in (unet, other))
+        anchored = ((v - v_other) ** 2).mean(dim=(1, 2, 3))[:6]  # [6]
+        torch.testing.assert_close(loss, (2.0 * anchored.sum() + data[6:].sum()) / 8, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="anchor_weight must be >= 0"):
+        StageConfig("s", DataMix(), steps=1, lr=1e-3, batch_size=4, anchor_weight=-1.0)
+    with pytest.raises(ValueError, match="needs a flow stage"):
+        StageConfig("r", DataMix(), steps=1, lr=1e-3, batch_size=4, anchor_weight=1.0, kind="rl", rl=RLStageConfig())
+    with pytest.raises(ValueError, match="needs exactly one anchor"):
+        train_stage(None, None, None, None, stage, None, None, None, 0, 1)

@@ -203,3 +203,24 @@ def test_rl_or_distill_from_a_model_on_another_text_layer_is_refused(tmp_path):
     with pytest.raises(ValueError, match="first stage 'distill'"):
         check_init_text_encoder(distill, tmp_path / "m")
     assert get_recipe("shapes-tiny-v7-rl").text_layer == get_recipe("shapes-tiny-v7").text_layer
+
+
+def test_an_anchored_stage_with_nothing_else_to_learn_leaves_the_network_where_it_started(tmp_path):
+    """Every row of a batch without mirror pairs regresses onto the start model, which the network is: zero
+    gradient at every step, so even at lr 1e-3 it does not move; the anchor is written once, as the stage starts."""
+    base = _unet()
+    base.save_pretrained(tmp_path / "base" / "unet")
+    stage = StageConfig("ft", DataMix(0.5, 0.5), steps=3, lr=1e-3, batch_size=4, warmup_steps=1, anchor_weight=1.0)
+    comps = Components(vae=SimpleNamespace(config=SimpleNamespace(latent_channels=4)), encoder=FakeEncoder(),
+                       pools={"t2i": make_pool("t2i", 16, 1), "edit": make_pool("edit", 16, 2)})
+    runs = {}
+    for name, s in (("anchored", stage), ("plain", replace(stage, anchor_weight=0.0))):
+        r = replace(recipe(3), stages=(s,), init_from=str(tmp_path / "base"), checkpoint_every=3)
+        run_recipe(r, tmp_path / name, evaluate=False, components=comps)
+        runs[name] = load_file(str(latest_checkpoint(tmp_path / name) / "unet" / "diffusion_pytorch_model.safetensors"))
+    start = base.state_dict()
+    assert all(torch.equal(runs["anchored"][k], start[k]) for k in start)
+    assert max((runs["plain"][k] - start[k]).abs().max().item() for k in start) > 1e-4  # the data would move it
+    anchor = load_file(str(tmp_path / "anchored" / "stages" / "ft" / "anchor.safetensors"))
+    assert all(torch.equal(anchor[k], start[k]) for k in start)
+    assert not (tmp_path / "plain" / "stages" / "ft" / "anchor.safetensors").exists()

@@ -10,17 +10,24 @@ from dreamlite.flow import TIMESTEP_SCALE, interpolate, velocity_target
 from dreamlite.incontext import pack, unpack
 
 
+def predict_velocity(unet, x_t: Tensor, cond: Tensor, text: Tensor, mask: Tensor, time_ids: Tensor,
+                     t: Tensor) -> Tensor:
+    """The network's velocity on the target half of the packed canvas (x_t, cond): [B, C, h, w]."""
+    return unpack(unet(pack(x_t, cond), t * TIMESTEP_SCALE, text, mask, time_ids))  # [B, C, h, w]
+
+
 def flow_matching_loss(unet, x0: Tensor, cond: Tensor, text: Tensor, mask: Tensor, time_ids: Tensor,
-                       t: Tensor, noise: Tensor, reduce: bool = True) -> Tensor:
+                       t: Tensor, noise: Tensor, reduce: bool = True, target: Tensor | None = None) -> Tensor:
     """MSE between the predicted and true velocity on the *target half* of the canvas only.
 
     x0, cond, noise: [B, C, h, w] (cond is zeros for generation samples - the blank right half);
     t: [B] in (0, 1). The condition half is never noised and carries no loss (paper Sec. 3.2).
+    ``target`` [B, C, h, w]: a velocity to regress onto instead of the data's ``noise - x0`` (anchored rows).
     """
     x_t = interpolate(x0, noise, t)  # [B, C, h, w]
-    out = unet(pack(x_t, cond), t * TIMESTEP_SCALE, text, mask, time_ids)  # [B, C, h, 2w]
-    v_pred = unpack(out).float()
-    err = F.mse_loss(v_pred, velocity_target(x0, noise).float(), reduction="none").mean(dim=(1, 2, 3))  # [B]
+    v_pred = predict_velocity(unet, x_t, cond, text, mask, time_ids, t).float()
+    target = velocity_target(x0, noise) if target is None else target
+    err = F.mse_loss(v_pred, target.float(), reduction="none").mean(dim=(1, 2, 3))  # [B]
     return err.mean() if reduce else err
 
 

@@ -22,10 +22,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from dreamlite.flow import sample_t_logit_normal
+from dreamlite.flow import interpolate, sample_t_logit_normal, velocity_target
 from dreamlite.train.config import StageConfig
 from dreamlite.train.corpus import Pool, pad_text
-from dreamlite.train.flow import drop_conditions, flow_matching_loss, twin_contrast_loss
+from dreamlite.train.flow import drop_conditions, flow_matching_loss, predict_velocity, twin_contrast_loss
 from dreamlite.train.mirror import MirrorSet
 
 
@@ -272,14 +272,16 @@ def log_stage_row(run_dir: Path, accelerator: Accelerator, row: dict, filename: 
 # ------------------------------------------------------------------------------------------------ loop
 def stage_loss(unet, batch: dict[str, Tensor], text: Tensor, mask: Tensor, cond: Tensor, dropped: Tensor,
                stage: StageConfig, device, uncond: tuple[Tensor, Tensor] | None = None,
-               ) -> tuple[Tensor, tuple[Tensor, float] | None]:
+               anchor: torch.nn.Module | None = None) -> tuple[Tensor, tuple[Tensor, float] | None]:
     """The flow-matching loss of a batch (conditions already dropped), and with ``stage.twin_weight`` the twin
     contrast of its samples that have a twin, kept their text and have t >= ``stage.twin_min_t``, with the share
     of them whose own prompt explained the image better (None when the batch has none). The twins ride in the same
     forward as the batch, so that DDP sees one forward per backward; with ``stage.twin_cap_uncond`` so do the pairs
-    under ``uncond`` (the negative prompt's states [1, L0, D] and mask [1, L0])."""
+    under ``uncond`` (the negative prompt's states [1, L0, D] and mask [1, L0]). With ``anchor`` (the frozen start
+    model, ``stage.anchor_weight``) the rows that are not mirror pairs regress onto its velocity instead."""
     x0, t, noise, time_ids = batch["x0"], batch["t"], batch["noise"], batch["time_ids"]
     B = x0.shape[0]
+    target, weight = anchored_targets(anchor, batch, text, mask, cond, stage.anchor_weight, device)
     pair = (batch["has_twin"] & ~dropped & (t >= stage.twin_min_t) if "has_twin" in batch
             else torch.zeros(B, dtype=torch.bool))
     n = int(pair.sum())
@@ -292,13 +294,35 @@ def stage_loss(unet, batch: dict[str, Tensor], text: Tensor, mask: Tensor, cond:
         text, mask = torch.cat([p[0] for p in padded]), torch.cat([p[1] for p in padded])  # [B + k n, L, D]
         x0, cond, t, noise, time_ids = (torch.cat([v] + [v[pair]] * len(rows))
                                         for v in (x0, cond, t, noise, time_ids))
+        if target is not None:  # a twin row is scored against its own row's target
+            target = torch.cat([target] + [target[pair.to(target.device)]] * len(rows))
     err = flow_matching_loss(unet, x0.to(device), cond.to(device), text.to(device), mask.to(device),
-                             time_ids.to(device), t.to(device), noise.to(device), reduce=False)  # [B + k n]
+                             time_ids.to(device), t.to(device), noise.to(device), reduce=False,
+                             target=target)  # [B + k n]
+    loss = err[:B].mean() if weight is None else (weight * err[:B]).mean()
     if not n:
-        return err.mean(), None
+        return loss, None
     own, twin = err[:B][pair.to(device)], err[B:B + n]
     capped = err[B + n:] if stage.twin_cap_uncond else None
-    return err[:B].mean(), (twin_contrast_loss(own, twin, stage.twin_scale, capped), (own < twin).float().mean().item())
+    return loss, (twin_contrast_loss(own, twin, stage.twin_scale, capped), (own < twin).float().mean().item())
+
+
+def anchored_targets(anchor: torch.nn.Module | None, batch: dict[str, Tensor], text: Tensor, mask: Tensor,
+                     cond: Tensor, anchor_weight: float, device) -> tuple[Tensor | None, Tensor | None]:
+    """Velocity targets [B, C, h, w] and per-row loss weights [B] for a batch with an anchor: the frozen model's
+    velocity (same x_t, t, conditions as dropped) on every row but the mirror pairs (``keep_text``), which keep the
+    data's; (None, None) without one."""
+    if anchor is None:
+        return None, None
+    x0, t, noise, time_ids = (batch[k].to(device) for k in ("x0", "t", "noise", "time_ids"))
+    rows = ~batch.get("keep_text", torch.zeros(x0.shape[0], dtype=torch.bool)).to(device)  # [B]
+    target = velocity_target(x0, noise).float()  # [B, C, h, w]
+    with torch.no_grad():
+        x_t = interpolate(x0[rows], noise[rows], t[rows])
+        target[rows] = predict_velocity(anchor, x_t, cond.to(device)[rows], text.to(device)[rows],
+                                        mask.to(device)[rows], time_ids[rows], t[rows]).float()
+    weight = torch.where(rows, anchor_weight, 1.0)  # [B]
+    return target, weight
 
 
 @dataclass
@@ -311,13 +335,17 @@ class StageResult:
 def train_stage(accelerator: Accelerator, unet, ema: EMA, make_sampler: Callable, stage: StageConfig,
                 uncond: tuple[Tensor, Tensor], state: LoopState, run_dir: Path, seed: int,
                 checkpoint_every: int, resume_from: Path | None = None,
-                stop_after: int | None = None) -> StageResult:
+                stop_after: int | None = None, anchor: torch.nn.Module | None = None) -> StageResult:
     """Train one stage from ``state.step`` to ``stage.steps``; resumes from ``resume_from`` when given.
 
     ``make_sampler(stage, generator)`` returns an object whose ``draw()`` gives a batch dict (x0, cond, text,
     mask, is_edit, time_ids, t, noise): ``BatchSampler`` over cached Shapes pools, or a streaming loader over
-    real data. All randomness flows from ``generator``, whose state is checkpointed.
+    real data. All randomness flows from ``generator``, whose state is checkpointed. ``anchor``: the frozen start
+    model that a stage with ``anchor_weight`` regresses its batch onto (``recipe.stage_anchor``).
     """
+    if (stage.anchor_weight > 0) != (anchor is not None):
+        raise ValueError(f"stage {stage.name!r}: anchor_weight {stage.anchor_weight} needs exactly one anchor model "
+                         f"(got {'none' if anchor is None else 'one'})")
     model = accelerator.unwrap_model(unet)
     optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(stage.warmup_steps, stage.steps,
@@ -342,7 +370,8 @@ def train_stage(accelerator: Accelerator, unet, ema: EMA, make_sampler: Callable
                                                     uncond_text, uncond_mask, stage.p_drop_text, stage.p_drop_image,
                                                     generator, keep=batch.get("keep_text"))
         with accelerator.autocast():
-            loss, twin = stage_loss(unet, batch, text, mask, cond, dropped, stage, accelerator.device, uncond)
+            loss, twin = stage_loss(unet, batch, text, mask, cond, dropped, stage, accelerator.device, uncond,
+                                    anchor)
         accelerator.backward(loss if twin is None else loss + stage.twin_weight * twin[0])
         if twin is not None:
             twin_log.append((twin[0].item(), twin[1]))

@@ -25,8 +25,9 @@ from dreamlite.models.unet import MobileUNet
 from dreamlite.presets import preset_config
 from dreamlite.train.config import Recipe, StageConfig
 from dreamlite.train.corpus import Pool, build_pool, load_pool, save_pool
-from dreamlite.train.loop import (EMA, BatchSampler, LoopState, StageContext, StageResult, latest_checkpoint,
-                                  train_stage)
+from dreamlite.train.loop import (EMA, BatchSampler, LoopState, StageContext, StageResult, frozen_weights,
+                                  latest_checkpoint, train_stage)
+from dreamlite.train.rl import frozen_copy
 
 
 def make_accelerator() -> Accelerator:
@@ -269,7 +270,19 @@ def run_stage(ctx: StageContext, stage: StageConfig, state: LoopState, resume_fr
     make_sampler = partial(BatchSampler, ctx.pools, image_size=ctx.recipe.corpus.image_size,
                            mirror=prepare_mirror_set(ctx, stage))
     return train_stage(ctx.accelerator, ctx.unet, ctx.ema, make_sampler, stage, ctx.uncond, state, ctx.run_dir,
-                       ctx.recipe.seed, ctx.recipe.checkpoint_every, resume_from=resume_from, stop_after=stop_after)
+                       ctx.recipe.seed, ctx.recipe.checkpoint_every, resume_from=resume_from, stop_after=stop_after,
+                       anchor=stage_anchor(ctx, stage))
+
+
+def stage_anchor(ctx: StageContext, stage: StageConfig) -> torch.nn.Module | None:
+    """The frozen model a stage with ``anchor_weight`` regresses its batch onto: the network as the stage starts,
+    written once to ``<run>/stages/<stage>/anchor.safetensors``, so that a resumed stage keeps the same anchor."""
+    if stage.anchor_weight <= 0:
+        return None
+    model = ctx.accelerator.unwrap_model(ctx.unet)
+    anchor = frozen_copy(model)
+    anchor.load_state_dict(frozen_weights(ctx.run_dir, stage.name, "anchor", model, ctx.accelerator))
+    return anchor
 
 
 def prepare_mirror_set(ctx: StageContext, stage: StageConfig):
