@@ -1,5 +1,5 @@
 """Mirror pairs: the mirror swaps the shapes' sides and keeps each shape; a rollout becomes (image for the prompt,
-image for its twin) with the asked sides; pairs share their starting noise in the batch and keep their text."""
+image for its twin) with the asked sides; pairs share their starting noise and t in the batch and keep their text."""
 
 import json
 import sys
@@ -133,7 +133,7 @@ def _pool(n: int = 16):
                 ["single_object"], bank)
 
 
-def test_batch_rows_of_mirror_pairs_share_their_start_noise_and_never_lose_their_text():
+def test_batch_rows_of_mirror_pairs_share_their_start_noise_and_t_and_never_lose_their_text():
     m = _mirror_set()
     stage = StageConfig("s", DataMix(1.0, 0.0), steps=1, lr=1e-4, batch_size=6, mirror=MirrorConfig(per_batch=3))
     batch = BatchSampler({"t2i": _pool()}, stage, torch.Generator().manual_seed(2), 32, mirror=m).draw()
@@ -142,6 +142,7 @@ def test_batch_rows_of_mirror_pairs_share_their_start_noise_and_never_lose_their
     for r in range(3):  # row r is a prompt, row r + 3 its twin: same rollout, same noise
         i = int(torch.nonzero((m.x0 == rows[r]).flatten(1).all(1))[0])
         assert torch.equal(batch["noise"][6 + r], m.noise[i]) and torch.equal(batch["noise"][9 + r], m.noise[i])
+        assert batch["t"][6 + r] == batch["t"][9 + r]  # and the same t
         assert torch.equal(rows[3 + r], m.x0_twin[i])
         text, mask = batch["text"][6 + r], batch["mask"][6 + r]
         assert "".join(chr(int(v)) for v in text[:int(mask.sum()), 0]) == _spelled(m.bank, i)
@@ -235,3 +236,4 @@ def test_mirror_rows_are_contrasted_with_each_other_s_text_and_drawn_at_their_ow
         assert spelled(batch["twin_text"][r], batch["twin_mask"][r]) == spelled(batch["text"][other],
                                                                                 batch["mask"][other])
     assert batch["t"][4:].median() > 0.9  # sigmoid(N(3, 1)); the stage's own sampling has median 0.5
+    assert torch.equal(batch["t"][4:204], batch["t"][204:]) and batch["t"][4:204].unique().numel() == 200

@@ -151,8 +151,11 @@ class BatchSampler:
             k, t_mean = mirror_noise.shape[0], self.stage.mirror.t_mean
             batch["noise"][B - k:] = mirror_noise
             batch["keep_text"] = torch.arange(B) >= B - k
-            if t_mean is not None:
-                batch["t"][B - k:] = sample_t_logit_normal(k, t_mean, self.stage.t_std, generator=self.g)
+            # one t per pair: a prompt and its twin then share x_t up to the mirrored image, and only their texts
+            # can tell the two targets apart (with a t each, the pair is two unrelated samples)
+            t_pair = sample_t_logit_normal(k // 2, self.stage.t_mean if t_mean is None else t_mean,
+                                           self.stage.t_std, generator=self.g)  # [k / 2]
+            batch["t"][B - k:] = torch.cat([t_pair, t_pair])  # prompts, then their twins
         return batch
 
     def _mirror_rows(self) -> tuple[dict[str, Tensor], Tensor]:
