@@ -428,6 +428,8 @@ SHAPES_TINY_MIRROR_GENTLE_EDIT = replace(
 # The gentle round with its own rows anchored to the start (``StageConfig.anchor_weight``): they regress onto the
 # shipped base's velocity instead of the data's, so the round moves the network only where the mirror pairs and
 # their contrast pull, and keeps what RL tuned elsewhere (a plain round from the shipped base costs ~0.09 GenEval).
+# Measured (BENCHMARKS.md, "Anchored mirror rounds"): at weight 5 drawing is kept (GenEval 0.690) but the side is
+# not learnt; at weight 1 it is (position 0.67, then 0.72 after RL) at a cost to two_object and editing.
 SHAPES_TINY_MIRROR_ANCHOR = replace(
     SHAPES_TINY_MIRROR_GENTLE, name="shapes-tiny-mirror-anchor",
     stages=(replace(SHAPES_TINY_MIRROR_GENTLE.stages[0], anchor_weight=5.0),))
