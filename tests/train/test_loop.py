@@ -15,7 +15,7 @@ from dreamlite.models.unet import MobileUNet
 from dreamlite.train.config import DataMix, RLStageConfig, StageConfig
 from dreamlite.train.corpus import Pool, TextBank
 from dreamlite.train.flow import drop_conditions, flow_matching_loss, predict_velocity, twin_contrast_loss
-from dreamlite.train.loop import BatchSampler, latest_checkpoint, stage_loss, train_stage
+from dreamlite.train.loop import Anchors, BatchSampler, latest_checkpoint, stage_loss, train_stage
 from dreamlite.train.rl import frozen_copy
 
 HERE = Path(__file__).parent
@@ -239,13 +239,13 @@ def test_anchored_rows_regress_onto_the_anchor_and_mirror_rows_onto_the_data():
     with torch.no_grad():
         data = flow_matching_loss(unet, *args[:5], batch["t"], batch["noise"], reduce=False)  # [8]
         # the anchor is the network itself (a stage's start): every anchored row costs exactly nothing
-        assert stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu", anchor=frozen_copy(unet))[0] == 0
+        assert stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu", anchor=Anchors(frozen_copy(unet)))[0] == 0
         batch["keep_text"] = torch.arange(8) >= 6  # the last two rows are mirror pairs: data targets, weight 1
-        loss, _ = stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu", anchor=frozen_copy(unet))
+        loss, _ = stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu", anchor=Anchors(frozen_copy(unet)))
         torch.testing.assert_close(loss, data[6:].sum() / 8)
         torch.manual_seed(1)
         other = MobileUNet.from_preset("tiny", **UNET, in_channels=4, out_channels=4).eval()
-        loss, _ = stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu", anchor=other)
+        loss, _ = stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu", anchor=Anchors(other))
         x_t = batch["x0"] + batch["t"][:, None, None, None] * (batch["noise"] - batch["x0"])
         v, v_other = (predict_velocity(m, x_t, *args[1:]) for m in (unet, other))
         anchored = ((v - v_other) ** 2).mean(dim=(1, 2, 3))[:6]  # [6]
@@ -256,3 +256,35 @@ def test_anchored_rows_regress_onto_the_anchor_and_mirror_rows_onto_the_data():
         StageConfig("r", DataMix(), steps=1, lr=1e-3, batch_size=4, anchor_weight=1.0, kind="rl", rl=RLStageConfig())
     with pytest.raises(ValueError, match="needs exactly one anchor"):
         train_stage(None, None, None, None, stage, None, None, None, 0, 1)
+
+
+def test_rows_of_the_start_tags_keep_the_start_anchor_and_the_rest_follow_anchor_from():
+    torch.manual_seed(0)
+    unet = MobileUNet.from_preset("tiny", **UNET, in_channels=4, out_channels=4).eval()
+    torch.manual_seed(1)
+    teacher = MobileUNet.from_preset("tiny", **UNET, in_channels=4, out_channels=4).eval()
+    stage = StageConfig("s", DataMix(t2i=0.5, edit=0.5), steps=1, lr=1e-3, batch_size=8, anchor_weight=3.0,
+                        anchor_from="base", anchor_start_tags=("a",))  # "a": a category of both pools
+    pools = {"t2i": make_pool("t2i", 64, 1), "edit": make_pool("edit", 64, 2)}
+    g = torch.Generator().manual_seed(3)
+    batch = BatchSampler(pools, stage, g, image_size=32).draw()
+    start = batch["anchor_start"]  # [8]
+    assert 0 < int(start.sum()) < 8  # both kinds of rows in this draw
+    dropped = torch.zeros(8, dtype=torch.bool)
+    args = (batch["x0"], batch["cond"], batch["text"], batch["mask"], batch["time_ids"], batch["t"])
+    with torch.no_grad():
+        loss, _ = stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu",
+                             anchor=Anchors(main=teacher, start=frozen_copy(unet)))
+        x_t = batch["x0"] + batch["t"][:, None, None, None] * (batch["noise"] - batch["x0"])
+        v, v_teacher = (predict_velocity(m, x_t, *args[1:]) for m in (unet, teacher))
+        gap = ((v - v_teacher) ** 2).mean(dim=(1, 2, 3))  # [8]
+        # the start rows cost nothing (their anchor is the network); the others pay their gap to the teacher
+        torch.testing.assert_close(loss, 3.0 * gap[~start].sum() / 8, rtol=1e-4, atol=1e-7)
+        with pytest.raises(ValueError, match="no start anchor"):
+            stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu", anchor=Anchors(main=teacher))
+    with pytest.raises(ValueError, match="need anchor_weight > 0"):
+        StageConfig("s", DataMix(), steps=1, lr=1e-3, batch_size=4, anchor_from="base")
+    with pytest.raises(ValueError, match="needs another model"):
+        StageConfig("s", DataMix(), steps=1, lr=1e-3, batch_size=4, anchor_weight=1.0, anchor_start_tags=("a",))
+    with pytest.raises(ValueError, match="need a start anchor"):
+        train_stage(None, None, None, None, stage, None, None, None, 0, 1, anchor=Anchors(main=teacher))

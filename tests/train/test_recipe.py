@@ -224,3 +224,47 @@ def test_an_anchored_stage_with_nothing_else_to_learn_leaves_the_network_where_i
     anchor = load_file(str(tmp_path / "anchored" / "stages" / "ft" / "anchor.safetensors"))
     assert all(torch.equal(anchor[k], start[k]) for k in start)
     assert not (tmp_path / "plain" / "stages" / "ft" / "anchor.safetensors").exists()
+
+
+def test_a_consolidation_stage_moves_the_network_to_anchor_from_except_where_its_start_tags_keep_it(tmp_path):
+    """``anchor_from``: the network regresses onto another model (here with a different architecture: token
+    indices on) and moves towards it; with every pool tag in ``anchor_start_tags`` it regresses onto itself and
+    stays bit-identical; a model that reads another text encoder layer is refused by name."""
+    from dreamlite.train.loop import BatchSampler
+    from dreamlite.train.flow import predict_velocity
+    from dreamlite.train.rl import frozen_copy
+
+    base = _unet()
+    base.save_pretrained(tmp_path / "base" / "unet")
+    torch.manual_seed(7)
+    teacher = MobileUNet(**preset_config("tiny", **{**UNET, "in_channels": 4, "out_channels": 4,
+                                                    "text_position_embed": 8})).eval()
+    teacher.save_pretrained(tmp_path / "teacher" / "unet")
+    pools = {"t2i": make_pool("t2i", 16, 1), "edit": make_pool("edit", 16, 2)}
+    comps = Components(vae=SimpleNamespace(config=SimpleNamespace(latent_channels=4)), encoder=FakeEncoder(),
+                       pools=pools)
+    stage = StageConfig("ft", DataMix(0.5, 0.5), steps=3, lr=1e-3, batch_size=4, warmup_steps=1, anchor_weight=1.0,
+                        anchor_from=str(tmp_path / "teacher"))
+    probe = BatchSampler(pools, replace(stage, batch_size=16), torch.Generator().manual_seed(0), image_size=32).draw()
+    x_t = probe["x0"] + probe["t"][:, None, None, None] * (probe["noise"] - probe["x0"])
+    inputs = (x_t, probe["cond"], probe["text"], probe["mask"], probe["time_ids"], probe["t"])
+
+    def gap(unet) -> float:  # mean squared velocity gap to the teacher on a fixed batch
+        with torch.no_grad():
+            return ((predict_velocity(unet, *inputs) - predict_velocity(teacher, *inputs)) ** 2).mean().item()
+
+    weights = {}
+    for name, s in (("teach", stage), ("keep", replace(stage, anchor_start_tags=("a", "b")))):
+        r = replace(recipe(3), stages=(s,), init_from=str(tmp_path / "base"), checkpoint_every=3)
+        run_recipe(r, tmp_path / name, evaluate=False, components=comps)
+        weights[name] = load_file(str(latest_checkpoint(tmp_path / name) / "unet" / "diffusion_pytorch_model.safetensors"))
+    start = base.state_dict()
+    assert all(torch.equal(weights["keep"][k], start[k]) for k in start)
+    moved = frozen_copy(base)
+    moved.load_state_dict(weights["teach"])
+    assert gap(moved) < 0.9 * gap(base)
+    (tmp_path / "teacher" / "text_encoder").mkdir()
+    (tmp_path / "teacher" / "text_encoder" / "spec.json").write_text('{"type": "minilm", "layer": 5}')
+    r = replace(recipe(3), stages=(stage,), init_from=str(tmp_path / "base"), checkpoint_every=3)
+    with pytest.raises(ValueError, match="reads text encoder 'minilm' layer 5"):
+        run_recipe(r, tmp_path / "other-layer", evaluate=False, components=comps)

@@ -137,6 +137,12 @@ class StageConfig:
     # signals pull (mirror pairs, twin contrast) and not back towards the data, which undoes RL (every plain round
     # from the shipped base cost it ~0.09 GenEval). Learning without Forgetting (Li & Hoiem, 2016) in velocity space.
     anchor_weight: float = 0.0
+    # Consolidation (ours): with ``anchor_from`` (a model folder, e.g. the shipped base) the anchored rows regress
+    # onto that model's velocity instead of the start's, except rows of the pool tags in ``anchor_start_tags``
+    # (t2i tags or edit types), which keep the start's: a round that hands each skill to the model that has it best
+    # (position from a mirror round, drawing and editing from the base). Its U-Net may differ in architecture.
+    anchor_from: str = ""
+    anchor_start_tags: tuple[str, ...] = ()
     kind: str = "flow"  # "flow" (train.loop), "rl" (DiffusionNFT, needs ``rl``), "distill" (needs ``distill``)
     rl: RLStageConfig | None = None
     distill: DistillStageConfig | None = None
@@ -158,6 +164,11 @@ class StageConfig:
         if self.anchor_weight < 0 or (self.anchor_weight > 0 and self.kind != "flow"):
             raise ValueError(f"stage {self.name!r}: anchor_weight must be >= 0 and needs a flow stage, got "
                              f"{self.anchor_weight} on kind {self.kind!r}")
+        if (self.anchor_from or self.anchor_start_tags) and self.anchor_weight <= 0:
+            raise ValueError(f"stage {self.name!r}: anchor_from / anchor_start_tags need anchor_weight > 0")
+        if self.anchor_start_tags and not self.anchor_from:
+            raise ValueError(f"stage {self.name!r}: anchor_start_tags keep the start model for some rows, which "
+                             "needs another model for the rest (anchor_from)")
         if self.twin_weight < 0 or self.twin_scale <= 0 or not 0 <= self.twin_min_t < 1:
             raise ValueError(f"stage {self.name!r}: need twin_weight >= 0, twin_scale > 0 and 0 <= twin_min_t < 1, "
                              f"got {self.twin_weight}, {self.twin_scale}, {self.twin_min_t}")

@@ -130,6 +130,9 @@ class BatchSampler:
             cond = pool.cond[idx] if pool.cond is not None else torch.zeros_like(pool.x0[idx])
             parts.append(dict(x0=pool.x0[idx], cond=cond, text=text, mask=mask,
                               is_edit=torch.full((n,), pool.cond is not None)))
+            if self.stage.anchor_start_tags:  # rows that keep the start model as their anchor (consolidation)
+                kept = torch.tensor([name in self.stage.anchor_start_tags for name in pool.category_names])
+                parts[-1]["anchor_start"] = kept[pool.categories[idx]]
             if self.twins:
                 twin = self.t2i_twins[idx] if pool is self.t2i else torch.full((n,), -1)
                 twin_text, twin_mask = pool.bank.gather(twin.clamp(min=0))
@@ -166,6 +169,8 @@ class BatchSampler:
         n = rows["x0"].shape[0]
         part = dict(x0=rows["x0"], cond=torch.zeros_like(rows["x0"]), text=rows["text"], mask=rows["mask"],
                     is_edit=torch.zeros(n, dtype=torch.bool))
+        if self.stage.anchor_start_tags:
+            part["anchor_start"] = torch.zeros(n, dtype=torch.bool)  # data targets (keep_text), never anchored
         if self.twins:  # each row is contrasted with the other row's text: the prompt's with its twin's, and back
             swap = torch.cat([torch.arange(n // 2, n), torch.arange(n // 2)])
             part.update(twin_text=rows["text"][swap], twin_mask=rows["mask"][swap],
@@ -275,13 +280,13 @@ def log_stage_row(run_dir: Path, accelerator: Accelerator, row: dict, filename: 
 # ------------------------------------------------------------------------------------------------ loop
 def stage_loss(unet, batch: dict[str, Tensor], text: Tensor, mask: Tensor, cond: Tensor, dropped: Tensor,
                stage: StageConfig, device, uncond: tuple[Tensor, Tensor] | None = None,
-               anchor: torch.nn.Module | None = None) -> tuple[Tensor, tuple[Tensor, float] | None]:
+               anchor: Anchors | None = None) -> tuple[Tensor, tuple[Tensor, float] | None]:
     """The flow-matching loss of a batch (conditions already dropped), and with ``stage.twin_weight`` the twin
     contrast of its samples that have a twin, kept their text and have t >= ``stage.twin_min_t``, with the share
     of them whose own prompt explained the image better (None when the batch has none). The twins ride in the same
     forward as the batch, so that DDP sees one forward per backward; with ``stage.twin_cap_uncond`` so do the pairs
-    under ``uncond`` (the negative prompt's states [1, L0, D] and mask [1, L0]). With ``anchor`` (the frozen start
-    model, ``stage.anchor_weight``) the rows that are not mirror pairs regress onto its velocity instead."""
+    under ``uncond`` (the negative prompt's states [1, L0, D] and mask [1, L0]). With ``anchor`` (the frozen
+    models of ``stage.anchor_weight``) the rows that are not mirror pairs regress onto their velocity instead."""
     x0, t, noise, time_ids = batch["x0"], batch["t"], batch["noise"], batch["time_ids"]
     B = x0.shape[0]
     target, weight = anchored_targets(anchor, batch, text, mask, cond, stage.anchor_weight, device)
@@ -310,20 +315,37 @@ def stage_loss(unet, batch: dict[str, Tensor], text: Tensor, mask: Tensor, cond:
     return loss, (twin_contrast_loss(own, twin, stage.twin_scale, capped), (own < twin).float().mean().item())
 
 
-def anchored_targets(anchor: torch.nn.Module | None, batch: dict[str, Tensor], text: Tensor, mask: Tensor,
+@dataclass(frozen=True)
+class Anchors:
+    """The frozen models a stage with ``anchor_weight`` regresses its rows onto: ``main`` for every anchored row (the
+    network as the stage starts, or ``stage.anchor_from``), ``start`` for the rows of ``stage.anchor_start_tags``
+    (the network as the stage starts; None when those tags are unset)."""
+    main: torch.nn.Module
+    start: torch.nn.Module | None = None
+
+
+def anchored_targets(anchor: Anchors | None, batch: dict[str, Tensor], text: Tensor, mask: Tensor,
                      cond: Tensor, anchor_weight: float, device) -> tuple[Tensor | None, Tensor | None]:
-    """Velocity targets [B, C, h, w] and per-row loss weights [B] for a batch with an anchor: the frozen model's
+    """Velocity targets [B, C, h, w] and per-row loss weights [B] for a batch with anchors: a frozen model's
     velocity (same x_t, t, conditions as dropped) on every row but the mirror pairs (``keep_text``), which keep the
-    data's; (None, None) without one."""
+    data's; ``anchor.start``'s on the rows flagged ``anchor_start``, ``anchor.main``'s on the rest; (None, None)
+    without anchors."""
     if anchor is None:
         return None, None
     x0, t, noise, time_ids = (batch[k].to(device) for k in ("x0", "t", "noise", "time_ids"))
-    rows = ~batch.get("keep_text", torch.zeros(x0.shape[0], dtype=torch.bool)).to(device)  # [B]
+    none = torch.zeros(x0.shape[0], dtype=torch.bool)
+    rows = ~batch.get("keep_text", none).to(device)  # [B]
+    on_start = batch.get("anchor_start", none).to(device) & rows  # [B]
+    if on_start.any() and anchor.start is None:
+        raise ValueError("the batch flags rows for the start anchor (anchor_start_tags) but no start anchor is set")
     target = velocity_target(x0, noise).float()  # [B, C, h, w]
     with torch.no_grad():
-        x_t = interpolate(x0[rows], noise[rows], t[rows])
-        target[rows] = predict_velocity(anchor, x_t, cond.to(device)[rows], text.to(device)[rows],
-                                        mask.to(device)[rows], time_ids[rows], t[rows]).float()
+        for model, sel in ((anchor.main, rows & ~on_start), (anchor.start, on_start)):
+            if not sel.any():
+                continue
+            x_t = interpolate(x0[sel], noise[sel], t[sel])
+            target[sel] = predict_velocity(model, x_t, cond.to(device)[sel], text.to(device)[sel],
+                                           mask.to(device)[sel], time_ids[sel], t[sel]).float()
     weight = torch.where(rows, anchor_weight, 1.0)  # [B]
     return target, weight
 
@@ -338,17 +360,20 @@ class StageResult:
 def train_stage(accelerator: Accelerator, unet, ema: EMA, make_sampler: Callable, stage: StageConfig,
                 uncond: tuple[Tensor, Tensor], state: LoopState, run_dir: Path, seed: int,
                 checkpoint_every: int, resume_from: Path | None = None,
-                stop_after: int | None = None, anchor: torch.nn.Module | None = None) -> StageResult:
+                stop_after: int | None = None, anchor: Anchors | None = None) -> StageResult:
     """Train one stage from ``state.step`` to ``stage.steps``; resumes from ``resume_from`` when given.
 
     ``make_sampler(stage, generator)`` returns an object whose ``draw()`` gives a batch dict (x0, cond, text,
     mask, is_edit, time_ids, t, noise): ``BatchSampler`` over cached Shapes pools, or a streaming loader over
-    real data. All randomness flows from ``generator``, whose state is checkpointed. ``anchor``: the frozen start
-    model that a stage with ``anchor_weight`` regresses its batch onto (``recipe.stage_anchor``).
+    real data. All randomness flows from ``generator``, whose state is checkpointed. ``anchor``: the frozen models
+    that a stage with ``anchor_weight`` regresses its batch onto (``recipe.stage_anchor``).
     """
     if (stage.anchor_weight > 0) != (anchor is not None):
         raise ValueError(f"stage {stage.name!r}: anchor_weight {stage.anchor_weight} needs exactly one anchor model "
                          f"(got {'none' if anchor is None else 'one'})")
+    if anchor is not None and bool(stage.anchor_start_tags) != (anchor.start is not None):
+        raise ValueError(f"stage {stage.name!r}: anchor_start_tags {stage.anchor_start_tags} need a start anchor "
+                         f"beside the main one, and only they do (got {'none' if anchor.start is None else 'one'})")
     model = accelerator.unwrap_model(unet)
     optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(stage.warmup_steps, stage.steps,

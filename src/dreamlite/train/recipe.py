@@ -25,7 +25,7 @@ from dreamlite.models.unet import MobileUNet
 from dreamlite.presets import preset_config
 from dreamlite.train.config import Recipe, StageConfig
 from dreamlite.train.corpus import Pool, build_pool, load_pool, save_pool
-from dreamlite.train.loop import (EMA, BatchSampler, LoopState, StageContext, StageResult, frozen_weights,
+from dreamlite.train.loop import (EMA, Anchors, BatchSampler, LoopState, StageContext, StageResult, frozen_weights,
                                   latest_checkpoint, train_stage)
 from dreamlite.train.rl import frozen_copy
 
@@ -274,15 +274,36 @@ def run_stage(ctx: StageContext, stage: StageConfig, state: LoopState, resume_fr
                        anchor=stage_anchor(ctx, stage))
 
 
-def stage_anchor(ctx: StageContext, stage: StageConfig) -> torch.nn.Module | None:
-    """The frozen model a stage with ``anchor_weight`` regresses its batch onto: the network as the stage starts,
-    written once to ``<run>/stages/<stage>/anchor.safetensors``, so that a resumed stage keeps the same anchor."""
+def stage_anchor(ctx: StageContext, stage: StageConfig) -> Anchors | None:
+    """The frozen models a stage with ``anchor_weight`` regresses its batch onto: the network as the stage starts
+    (written once to ``<run>/stages/<stage>/anchor.safetensors``, so that a resumed stage keeps the same anchor),
+    or with ``anchor_from`` that folder's U-Net, beside the start for ``anchor_start_tags``."""
     if stage.anchor_weight <= 0:
         return None
     model = ctx.accelerator.unwrap_model(ctx.unet)
-    anchor = frozen_copy(model)
-    anchor.load_state_dict(frozen_weights(ctx.run_dir, stage.name, "anchor", model, ctx.accelerator))
-    return anchor
+    start = None
+    if not stage.anchor_from or stage.anchor_start_tags:
+        start = frozen_copy(model)
+        start.load_state_dict(frozen_weights(ctx.run_dir, stage.name, "anchor", model, ctx.accelerator))
+    if not stage.anchor_from:
+        return Anchors(main=start)
+    return Anchors(main=load_anchor(Path(stage.anchor_from), ctx.recipe, stage.name).to(ctx.accelerator.device),
+                   start=start if stage.anchor_start_tags else None)
+
+
+def load_anchor(folder: Path, recipe: Recipe, stage: str) -> torch.nn.Module:
+    """A frozen float32 U-Net from a model folder (or a bare U-Net folder) to regress onto; it reads the recipe's
+    text states, so a model trained on another encoder or MiniLM layer is an error, not a silent mismatch."""
+    from dreamlite.pipeline import load_unet, read_text_spec
+
+    unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+    if not (unet_dir / "config.json").is_file():
+        raise FileNotFoundError(f"stage {stage!r}: anchor_from {folder} has no unet/config.json")
+    spec = read_text_spec(folder)
+    if spec is not None and (spec.type, spec.layer) != (recipe.text_encoder, recipe.text_layer):
+        raise ValueError(f"stage {stage!r}: anchor_from {folder} reads text encoder {spec.type!r} layer "
+                         f"{spec.layer}, the recipe {recipe.text_encoder!r} layer {recipe.text_layer}")
+    return frozen_copy(load_unet(unet_dir).float())
 
 
 def prepare_mirror_set(ctx: StageContext, stage: StageConfig):

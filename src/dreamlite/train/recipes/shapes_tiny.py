@@ -441,17 +441,39 @@ SHAPES_TINY_MIRROR_ANCHOR_PAIRS = replace(
     stages=(replace(SHAPES_TINY_MIRROR_ANCHOR.stages[0],
                     mix=replace(JOINT_BIND, tag_weights=dict(JOINT_BIND.tag_weights, position=0.0))),))
 
-# After the anchored round: one RL round of v7-rl's mix (the round that lifted two_object after the gentle round),
-# then the mobile student and RL on it, each with the shipped recipe's schedule.
+# Weight 1 (the measured round of "Anchored mirror rounds"; /work/exp/mr_anchor.py there, the same loss), then one
+# RL round of v7-rl's mix: position 0.72, two_object 0.47, editing 0.821 / 0.853.
+SHAPES_TINY_MIRROR_ANCHOR1 = replace(
+    SHAPES_TINY_MIRROR_ANCHOR, name="shapes-tiny-mirror-anchor1",
+    stages=(replace(SHAPES_TINY_MIRROR_ANCHOR.stages[0], anchor_weight=1.0),))
 _SHIP = "checkpoints/dreamlite-tiny-shapes"
-SHAPES_TINY_MIRROR_ANCHOR_RL = rl_round(SHAPES_TINY_MIRROR_ANCHOR, "shapes-tiny-mirror-anchor-rl",
+SHAPES_TINY_MIRROR_ANCHOR_RL = rl_round(SHAPES_TINY_MIRROR_ANCHOR1, "shapes-tiny-mirror-anchor-rl",
                                         SHAPES_TINY_V7_RL.stages[0], rl_seed=16, steps=150)
-SHAPES_TINY_MIRROR_ANCHOR_RL_MOBILE = replace(
-    SHAPES_TINY_V7_RL_MOBILE, name="shapes-tiny-mirror-anchor-rl-mobile", vae_path=f"{_SHIP}/vae",
-    init_from="runs/shapes-tiny-mirror-anchor-rl/model", unet_overrides=SHAPES_TINY_MIRROR_TWINS.unet_overrides)
-SHAPES_TINY_MIRROR_ANCHOR_RL_MOBILE_RL = replace(
-    SHAPES_TINY_V7_RL_MOBILE_RL, name="shapes-tiny-mirror-anchor-rl-mobile-rl", vae_path=f"{_SHIP}/vae",
-    init_from="runs/shapes-tiny-mirror-anchor-rl-mobile/model/unet_mobile",
+
+# Consolidation (``StageConfig.anchor_from`` / ``anchor_start_tags``): the model above reads the side but lost
+# drawing and editing that v7 + RL (the base it started from) still has. No data targets at all: every row regresses
+# onto v7 + RL's velocity, except the position prompts, which keep the start's (the side). Two rounds of 500 steps
+# at lr 2e-4 (~10 min each), the second with edits at three quarters of the batch.
+SHAPES_TINY_CONSOLIDATE = replace(
+    SHAPES_TINY_MIRROR_ANCHOR_RL, name="shapes-tiny-consolidate", vae_path=f"{_SHIP}/vae",
+    init_from="runs/shapes-tiny-mirror-anchor-rl/model",
+    stages=(replace(SHAPES_TINY_MIRROR_ANCHOR1.stages[0], name="consolidate", steps=500, lr=2e-4, mirror=None,
+                    twin_weight=0.0, twin_cap_uncond=False, anchor_weight=1.0,
+                    anchor_from="runs/shapes-tiny-v7-rl/model", anchor_start_tags=("position",),
+                    mix=replace(JOINT_BIND, tag_weights=dict(JOINT_BIND.tag_weights, position=3.0))),))
+SHAPES_TINY_CONSOLIDATE2 = replace(
+    SHAPES_TINY_CONSOLIDATE, name="shapes-tiny-consolidate2", init_from="runs/shapes-tiny-consolidate/model",
+    stages=(replace(SHAPES_TINY_CONSOLIDATE.stages[0], name="consolidate2",
+                    mix=replace(SHAPES_TINY_CONSOLIDATE.stages[0].mix, t2i=0.25, edit=0.75)),))
+SHAPES_TINY_CONSOLIDATE2_RL = rl_round(SHAPES_TINY_CONSOLIDATE2, "shapes-tiny-consolidate2-rl",
+                                      SHAPES_TINY_V7_RL.stages[0], rl_seed=17, steps=150)
+# then the 4-step student and RL on it, with the shipped recipes' schedules
+SHAPES_TINY_CONSOLIDATE_MOBILE = replace(
+    SHAPES_TINY_V7_RL_MOBILE, name="shapes-tiny-consolidate-mobile", vae_path=f"{_SHIP}/vae",
+    init_from="runs/shapes-tiny-consolidate2/model", unet_overrides=SHAPES_TINY_MIRROR_TWINS.unet_overrides)
+SHAPES_TINY_CONSOLIDATE_MOBILE_RL = replace(
+    SHAPES_TINY_V7_RL_MOBILE_RL, name="shapes-tiny-consolidate-mobile-rl", vae_path=f"{_SHIP}/vae",
+    init_from="runs/shapes-tiny-consolidate-mobile/model/unet_mobile",
     unet_overrides=SHAPES_TINY_MIRROR_TWINS.unet_overrides)
 
 
@@ -497,9 +519,12 @@ RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "sh
            "shapes-tiny-mirror-gentle-edit": SHAPES_TINY_MIRROR_GENTLE_EDIT,
            "shapes-tiny-mirror-anchor": SHAPES_TINY_MIRROR_ANCHOR,
            "shapes-tiny-mirror-anchor-pairs": SHAPES_TINY_MIRROR_ANCHOR_PAIRS,
+           "shapes-tiny-mirror-anchor1": SHAPES_TINY_MIRROR_ANCHOR1,
            "shapes-tiny-mirror-anchor-rl": SHAPES_TINY_MIRROR_ANCHOR_RL,
-           "shapes-tiny-mirror-anchor-rl-mobile": SHAPES_TINY_MIRROR_ANCHOR_RL_MOBILE,
-           "shapes-tiny-mirror-anchor-rl-mobile-rl": SHAPES_TINY_MIRROR_ANCHOR_RL_MOBILE_RL,
+           "shapes-tiny-consolidate": SHAPES_TINY_CONSOLIDATE, "shapes-tiny-consolidate2": SHAPES_TINY_CONSOLIDATE2,
+           "shapes-tiny-consolidate2-rl": SHAPES_TINY_CONSOLIDATE2_RL,
+           "shapes-tiny-consolidate-mobile": SHAPES_TINY_CONSOLIDATE_MOBILE,
+           "shapes-tiny-consolidate-mobile-rl": SHAPES_TINY_CONSOLIDATE_MOBILE_RL,
            "shapes-tiny-mirror-gentle-rl": SHAPES_TINY_MIRROR_GENTLE_RL,
            "shapes-tiny-mirror-gentle-rl2": SHAPES_TINY_MIRROR_GENTLE_RL2,
            "shapes-tiny-mirror-gentle-rl3": SHAPES_TINY_MIRROR_GENTLE_RL3,
