@@ -268,3 +268,8 @@ def test_a_consolidation_stage_moves_the_network_to_anchor_from_except_where_its
     r = replace(recipe(3), stages=(stage,), init_from=str(tmp_path / "base"), checkpoint_every=3)
     with pytest.raises(ValueError, match="reads text encoder 'minilm' layer 5"):
         run_recipe(r, tmp_path / "other-layer", evaluate=False, components=comps)
+    MobileUNet(**preset_config("tiny", **{**UNET, "in_channels": 8, "out_channels": 8})).save_pretrained(
+        tmp_path / "wide" / "unet")
+    r = replace(r, stages=(replace(stage, anchor_from=str(tmp_path / "wide")),))
+    with pytest.raises(ValueError, match=r"\(in, out\) channels \(8, 8\), the network \(4, 4\)"):
+        run_recipe(r, tmp_path / "other-latents", evaluate=False, components=comps)

@@ -287,8 +287,12 @@ def stage_anchor(ctx: StageContext, stage: StageConfig) -> Anchors | None:
         start.load_state_dict(frozen_weights(ctx.run_dir, stage.name, "anchor", model, ctx.accelerator))
     if not stage.anchor_from:
         return Anchors(main=start)
-    return Anchors(main=load_anchor(Path(stage.anchor_from), ctx.recipe, stage.name).to(ctx.accelerator.device),
-                   start=start if stage.anchor_start_tags else None)
+    main = load_anchor(Path(stage.anchor_from), ctx.recipe, stage.name).to(ctx.accelerator.device)
+    theirs, mine = ((m.config.in_channels, m.config.out_channels) for m in (main, model))
+    if theirs != mine:  # another VAE's latents: its velocities are not ours to regress onto
+        raise ValueError(f"stage {stage.name!r}: anchor_from {stage.anchor_from} has (in, out) channels {theirs}, "
+                         f"the network {mine}")
+    return Anchors(main=main, start=start if stage.anchor_start_tags else None)
 
 
 def load_anchor(folder: Path, recipe: Recipe, stage: str) -> torch.nn.Module:

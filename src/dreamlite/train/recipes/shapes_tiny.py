@@ -298,11 +298,14 @@ PLACE_MIX = DataMix(t2i=0.7, edit=0.3,
                     tag_weights={"position": 6.0, "color_attr": 2.0, "two_object": 2.0, "counting": 1.0,
                                  "colors": 0.5, "single_object": 0.5},
                     edit_weights=JOINT_BIND.edit_weights)
+# v7 + RL: the shipped `unet/` from session 10 until session 16 (in git history before then); every round below that
+# starts "from the shipped base" starts from it.
+V7_RL_MODEL = "runs/shapes-tiny-v7-rl/model"
 SHAPES_TINY_V8_CONTROL = replace(
     SHAPES_TINY_V7, name="shapes-tiny-v8-control",
     stages=(StageConfig("joint-9", PLACE_MIX, steps=800, lr=3e-4, batch_size=128, warmup_steps=50,
                         min_lr_ratio=0.1, ema_decay=0.995),),
-    init_from="checkpoints/dreamlite-tiny-shapes", vae_path="checkpoints/dreamlite-tiny-shapes/vae",
+    init_from=V7_RL_MODEL, vae_path="checkpoints/dreamlite-tiny-shapes/vae",
     corpus=CorpusConfig(n_t2i=48_000, n_edit=16_000, n_sft=0, image_size=64, seed=800_000))
 SHAPES_TINY_V8 = replace(SHAPES_TINY_V8_CONTROL, name="shapes-tiny-v8",
                          unet_overrides=dict(SHAPES_TINY_V7.unet_overrides, position_embed=4))
@@ -459,7 +462,7 @@ SHAPES_TINY_CONSOLIDATE = replace(
     init_from="runs/shapes-tiny-mirror-anchor-rl/model",
     stages=(replace(SHAPES_TINY_MIRROR_ANCHOR1.stages[0], name="consolidate", steps=500, lr=2e-4, mirror=None,
                     twin_weight=0.0, twin_cap_uncond=False, anchor_weight=1.0,
-                    anchor_from="runs/shapes-tiny-v7-rl/model", anchor_start_tags=("position",),
+                    anchor_from=V7_RL_MODEL, anchor_start_tags=("position",),
                     mix=replace(JOINT_BIND, tag_weights=dict(JOINT_BIND.tag_weights, position=3.0))),))
 SHAPES_TINY_CONSOLIDATE2 = replace(
     SHAPES_TINY_CONSOLIDATE, name="shapes-tiny-consolidate2", init_from="runs/shapes-tiny-consolidate/model",
@@ -467,10 +470,16 @@ SHAPES_TINY_CONSOLIDATE2 = replace(
                     mix=replace(SHAPES_TINY_CONSOLIDATE.stages[0].mix, t2i=0.25, edit=0.75)),))
 SHAPES_TINY_CONSOLIDATE2_RL = rl_round(SHAPES_TINY_CONSOLIDATE2, "shapes-tiny-consolidate2-rl",
                                       SHAPES_TINY_V7_RL.stages[0], rl_seed=17, steps=150)
+# RL gives drawing (GenEval 0.743) but not editing; a last round takes editing alone from v7 + RL: every text-to-image
+# row keeps the start's velocity, every edit row regresses onto v7 + RL's.
+T2I_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+SHAPES_TINY_CONSOLIDATE3 = replace(
+    SHAPES_TINY_CONSOLIDATE2, name="shapes-tiny-consolidate3", init_from="runs/shapes-tiny-consolidate2-rl/model",
+    stages=(replace(SHAPES_TINY_CONSOLIDATE2.stages[0], name="consolidate3", anchor_start_tags=T2I_TAGS),))
 # then the 4-step student and RL on it, with the shipped recipes' schedules
 SHAPES_TINY_CONSOLIDATE_MOBILE = replace(
     SHAPES_TINY_V7_RL_MOBILE, name="shapes-tiny-consolidate-mobile", vae_path=f"{_SHIP}/vae",
-    init_from="runs/shapes-tiny-consolidate2/model", unet_overrides=SHAPES_TINY_MIRROR_TWINS.unet_overrides)
+    init_from="runs/shapes-tiny-consolidate3/model", unet_overrides=SHAPES_TINY_MIRROR_TWINS.unet_overrides)
 SHAPES_TINY_CONSOLIDATE_MOBILE_RL = replace(
     SHAPES_TINY_V7_RL_MOBILE_RL, name="shapes-tiny-consolidate-mobile-rl", vae_path=f"{_SHIP}/vae",
     init_from="runs/shapes-tiny-consolidate-mobile/model/unet_mobile",
@@ -523,6 +532,7 @@ RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "sh
            "shapes-tiny-mirror-anchor-rl": SHAPES_TINY_MIRROR_ANCHOR_RL,
            "shapes-tiny-consolidate": SHAPES_TINY_CONSOLIDATE, "shapes-tiny-consolidate2": SHAPES_TINY_CONSOLIDATE2,
            "shapes-tiny-consolidate2-rl": SHAPES_TINY_CONSOLIDATE2_RL,
+           "shapes-tiny-consolidate3": SHAPES_TINY_CONSOLIDATE3,
            "shapes-tiny-consolidate-mobile": SHAPES_TINY_CONSOLIDATE_MOBILE,
            "shapes-tiny-consolidate-mobile-rl": SHAPES_TINY_CONSOLIDATE_MOBILE_RL,
            "shapes-tiny-mirror-gentle-rl": SHAPES_TINY_MIRROR_GENTLE_RL,
