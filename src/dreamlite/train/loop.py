@@ -110,6 +110,13 @@ class BatchSampler:
             self.t2i_twins = torch.where(contrasted[self.t2i.categories], self.t2i.twin_ids, -1)
         elif self.twins and self.t2i is not None:
             self.t2i_twins = torch.full((len(self.t2i),), -1)
+        # each sample's "keeps the start anchor" flag (``stage.anchor_start_tags``), once per pool, not per batch
+        self.start_flags = {id(pool): self._start_flags(pool, stage.anchor_start_tags)
+                            for pool in (self.t2i, self.edit) if pool is not None and stage.anchor_start_tags}
+
+    @staticmethod
+    def _start_flags(pool: Pool, tags: tuple[str, ...]) -> Tensor:
+        return torch.tensor([name in tags for name in pool.category_names])[pool.categories]  # [N]
 
     @staticmethod
     def _probs(pool: Pool | None, weights: dict[str, float]) -> Tensor | None:
@@ -130,9 +137,8 @@ class BatchSampler:
             cond = pool.cond[idx] if pool.cond is not None else torch.zeros_like(pool.x0[idx])
             parts.append(dict(x0=pool.x0[idx], cond=cond, text=text, mask=mask,
                               is_edit=torch.full((n,), pool.cond is not None)))
-            if self.stage.anchor_start_tags:  # rows that keep the start model as their anchor (consolidation)
-                kept = torch.tensor([name in self.stage.anchor_start_tags for name in pool.category_names])
-                parts[-1]["anchor_start"] = kept[pool.categories[idx]]
+            if self.start_flags:  # rows that keep the start model as their anchor (consolidation)
+                parts[-1]["anchor_start"] = self.start_flags[id(pool)][idx]
             if self.twins:
                 twin = self.t2i_twins[idx] if pool is self.t2i else torch.full((n,), -1)
                 twin_text, twin_mask = pool.bank.gather(twin.clamp(min=0))
