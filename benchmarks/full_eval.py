@@ -1,8 +1,8 @@
 """The full benchmarks of one model folder: all 600 GenEval-Shapes prompts (one image each) and all 240
-ImgEdit-Shapes edits, sampled as the chosen variant's defaults (base: 20 steps, guidance 3.0 / 1.5; mobile: 4 steps,
-no guidance), unless ``--steps`` / ``--guidance`` / ``--image-guidance`` say otherwise. The same seeds every run, so
-two models (or two settings) differ only by the model. Prints one row of scores per tag / edit type and the seconds
-taken, and writes ``scores.json`` beside the benchmark folders (``OUT/geneval``, ``OUT/imgedit``).
+ImgEdit-Shapes edits, sampled as the chosen variant's defaults (the shipped base: 20 steps, guidance 3.0 / 2.5;
+mobile: 4 steps, no guidance), unless ``--steps`` / ``--guidance`` / ``--image-guidance`` say otherwise. The same
+seeds every run, so two models (or two settings) differ only by the model. Prints one row of scores per tag / edit
+type and the seconds taken, and writes ``scores.json`` beside the benchmark folders (``OUT/geneval``, ``OUT/imgedit``).
 
     python benchmarks/full_eval.py checkpoints/dreamlite-tiny-shapes runs/fulleval-base
     python benchmarks/full_eval.py checkpoints/dreamlite-tiny-shapes runs/fulleval-mobile --variant mobile

@@ -485,6 +485,34 @@ SHAPES_TINY_CONSOLIDATE_MOBILE_RL = replace(
     init_from="runs/shapes-tiny-consolidate-mobile/model/unet_mobile",
     unet_overrides=SHAPES_TINY_MIRROR_TWINS.unet_overrides)
 
+# Session 17. A second editing round from consolidate3 (same stage, fresh batches): editing 0.863 / 0.892 but
+# color_attr 0.54 -> 0.47, not shipped. RL at 4 steps with lr 1e-4 and KL 0.1 (binding-weighted): the policy drifts
+# (0.26) and loses editing (0.762 / 0.829), not shipped.
+SHAPES_TINY_CONSOLIDATE4 = replace(
+    SHAPES_TINY_CONSOLIDATE3, name="shapes-tiny-consolidate4", init_from="runs/shapes-tiny-consolidate3/model",
+    seed=17, stages=(replace(SHAPES_TINY_CONSOLIDATE3.stages[0], name="consolidate4"),))
+BIND_MIX = {"two_object": 2.0, "color_attr": 2.0, "counting": 1.5, "position": 1.5, "colors": 0.5,
+            "single_object": 0.5}
+_MOBILE_RL_STAGE = SHAPES_TINY_CONSOLIDATE_MOBILE_RL.stages[0]
+SHAPES_TINY_CONSOLIDATE_MOBILE_RL2 = replace(
+    SHAPES_TINY_CONSOLIDATE_MOBILE_RL, name="shapes-tiny-consolidate-mobile-rl2",
+    init_from="runs/shapes-tiny-consolidate-mobile-rl/model",
+    stages=(replace(_MOBILE_RL_STAGE, name="rl-mobile2", lr=1e-4,
+                    mix=replace(_MOBILE_RL_STAGE.mix, tag_weights=dict(BIND_MIX, two_object=3.0, color_attr=3.0,
+                                                                       position=2.0)),
+                    rl=replace(_MOBILE_RL_STAGE.rl, rl_seed=18, nft=replace(_MOBILE_RL_STAGE.rl.nft, kl_weight=0.1))),))
+# The shipped student since session 17: the base's default image guidance became 2.5 (benchmarks/edit_guidance.py),
+# so the student folds that instead of 1.5, and its data latents weight the binding tags (they did not move:
+# two_object 0.57, color_attr 0.37); then the shipped student's RL stage unchanged.
+_DISTILL = SHAPES_TINY_CONSOLIDATE_MOBILE.stages[0]
+SHAPES_TINY_CONSOLIDATE_MOBILE_BIND = replace(
+    SHAPES_TINY_CONSOLIDATE_MOBILE, name="shapes-tiny-consolidate-mobile-bind",
+    stages=(replace(_DISTILL, mix=replace(_DISTILL.mix, tag_weights=BIND_MIX),
+                    distill=replace(_DISTILL.distill, image_guidance_scale=2.5)),))
+SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_RL = replace(
+    SHAPES_TINY_CONSOLIDATE_MOBILE_RL, name="shapes-tiny-consolidate-mobile-bind-rl",
+    init_from="runs/shapes-tiny-consolidate-mobile-bind/model/unet_mobile")
+
 
 # CI-sized: the same stage kinds and real rewards, a tiny random network, 2 RL iterations and 2 distill rounds.
 POST_QUICK = Recipe(
@@ -535,6 +563,10 @@ RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "sh
            "shapes-tiny-consolidate3": SHAPES_TINY_CONSOLIDATE3,
            "shapes-tiny-consolidate-mobile": SHAPES_TINY_CONSOLIDATE_MOBILE,
            "shapes-tiny-consolidate-mobile-rl": SHAPES_TINY_CONSOLIDATE_MOBILE_RL,
+           "shapes-tiny-consolidate4": SHAPES_TINY_CONSOLIDATE4,
+           "shapes-tiny-consolidate-mobile-rl2": SHAPES_TINY_CONSOLIDATE_MOBILE_RL2,
+           "shapes-tiny-consolidate-mobile-bind": SHAPES_TINY_CONSOLIDATE_MOBILE_BIND,
+           "shapes-tiny-consolidate-mobile-bind-rl": SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_RL,
            "shapes-tiny-mirror-gentle-rl": SHAPES_TINY_MIRROR_GENTLE_RL,
            "shapes-tiny-mirror-gentle-rl2": SHAPES_TINY_MIRROR_GENTLE_RL2,
            "shapes-tiny-mirror-gentle-rl3": SHAPES_TINY_MIRROR_GENTLE_RL3,
