@@ -24,25 +24,34 @@ from dreamlite.pipeline import DreamLitePipeline
 from dreamlite.train.evaluate import model_fns
 
 
-def floats(text: str) -> list[float]:
-    values = [float(x) for x in text.split(",") if x.strip()]
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive comma-separated numbers, got {text!r}")
-    return values
+def numbers(cast: type, low: float):
+    """An argparse type: comma-separated numbers, each >= ``low`` (one argument, e.g. ``1.5,2,2.5``)."""
+
+    def parse(text: str) -> list:
+        try:
+            values = [cast(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        if not values or any(v < low for v in values):
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= {low}, got {text!r}")
+        return values
+
+    return parse
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", type=Path, help="model folder (dreamlite.json, unet/, vae/, ...)")
     ap.add_argument("out", type=Path, help="output folder (created)")
-    ap.add_argument("--scales", type=floats, default=[1.0, 1.5, 2.0, 2.5, 3.0], help="image guidance scales")
-    ap.add_argument("--seeds", default="1000,0", help="seed offsets (edit i uses seed + i); 0 = the benchmark's")
+    ap.add_argument("--scales", type=numbers(float, 0.0), default=[1.0, 1.5, 2.0, 2.5, 3.0],
+                    help="image guidance scales (1 = no image guidance)")
+    ap.add_argument("--seeds", type=numbers(int, 0), default=[1000, 0],
+                    help="seed offsets (edit i uses seed + i); 0 = the benchmark's")
     ap.add_argument("--variant", choices=("base", "mobile"), default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--guidance", type=float, default=None, help="text guidance scale")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     torch.set_num_threads(args.threads)
     pipe = DreamLitePipeline.from_pretrained(args.model, variant=args.variant)
     fixed = {k: v for k, v in dict(num_inference_steps=args.steps, guidance_scale=args.guidance).items()
@@ -52,7 +61,7 @@ def main() -> None:
     types = sorted({it.edit_type for it in items})
     print("| seed | image guidance | success | preservation | score (1-5) | " + " | ".join(types) + " |")
     print("|---:|---:|---:|---:|---:|" + "---:|" * len(types))
-    for seed in seeds:
+    for seed in args.seeds:
         for scale in args.scales:
             _, edit_fn = model_fns(pipe, image_guidance_scale=scale, **fixed)
             e = imgedit.run(items, args.out / f"seed{seed}-ig{scale:g}", edit_fn=edit_fn, batch_size=64, seed=seed)
