@@ -114,6 +114,25 @@ def test_edit_reward_on_an_unedited_copy_matches_the_bench():
     assert (score <= 0.25 + 1e-6).all() and score.max() > 0.0  # ... but keeps what it should
 
 
+def test_preservation_power_weighs_what_an_edit_keeps():
+    cases = edit_cases(32)
+    meta = [edit_metadata(c.source_scene, c.target_scene, c.edit_type) for c in cases]
+    prompts = [c.instruction for c in cases]
+    damaged = render_batch([c.target_scene for c in cases], SIZE)
+    damaged[:, SIZE // 2:, SIZE // 2:] = damaged[:, :1, :1]  # a quadrant painted over with the background
+    plain, squared = EditReward()(damaged, prompts, meta), EditReward(preservation_power=2.0)(damaged, prompts, meta)
+    partly_kept = 0
+    for i, c in enumerate(cases):
+        s = score_edit(damaged[i], c.source_scene, c.target_scene, c.edit_type)
+        assert squared[i].item() == pytest.approx(float(s.success) * s.preservation ** 2)
+        partly_kept += bool(s.success and 0 < s.preservation < 1)
+    assert partly_kept >= 2  # the case the power changes: the edit happened, part of the scene was lost
+    assert (squared <= plain + 1e-6).all() and (squared < plain - 0.1).sum() >= partly_kept
+    for bad in ({"preservation_power": 0.0}, {"mode": "score", "preservation_power": 2.0}):
+        with pytest.raises(ValueError, match="preservation_power"):
+            EditReward(**bad)
+
+
 def test_edit_metadata_round_trips_and_bad_input_is_refused():
     c = edit_cases(1)[0]
     meta = edit_metadata(c.source_scene, c.target_scene, c.edit_type)

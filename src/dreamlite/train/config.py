@@ -42,6 +42,7 @@ class RLStageConfig:
     reward: str = "shapes"  # a name in dreamlite.train.rl_stage.REWARDS (the Reward protocol is the plug-in point)
     partial_weight: float = 0.0  # GenEvalReward's per-clause partial credit
     edit_reward_mode: str = "product"  # EditReward: success x preservation, or the 1-5 score
+    preservation_power: float = 1.0  # EditReward (product): success x preservation ** p
     sample_steps: int = 8  # Euler steps of the rollouts (and of the watch)
     rl_seed: int = 7  # prompts of iteration i come from rl.rl_rng(rl_seed, i) (a training seed)
     watch_every: int = 10  # reward-hacking watch every N iterations (0 = off): <run>/rl_watch.jsonl and .png

@@ -130,22 +130,29 @@ class EditReward:
     ``mode="product"`` (default): success x preservation - 0 unless the named edit happened, then the share of
     unnamed objects (and the background) kept in place. ``mode="score"``: (score_1_5 - 1) / 4, which also pays
     a little for preservation when the edit failed (an untouched copy of the source earns 0.25).
+    ``preservation_power`` p (product mode): success x preservation ** p. p > 1 widens the reward gap between a
+    clean edit and one that disturbs the rest of the scene (0.8 kept earns 0.64 at p = 2), for a policy that
+    edits well but keeps too little; p = 1 is ImgEdit's product.
     ``metadata``: dicts made by ``edit_metadata`` (source scene, target scene, edit type).
     """
 
     mode: str = "product"
+    preservation_power: float = 1.0
     name: str = "imgedit"
 
     def __post_init__(self) -> None:
         if self.mode not in EDIT_MODES:
             raise ValueError(f"unknown edit reward mode {self.mode!r}; known: {', '.join(EDIT_MODES)}")
+        if not self.preservation_power > 0 or (self.mode != "product" and self.preservation_power != 1.0):
+            raise ValueError(f"preservation_power must be > 0 and only applies to mode 'product'; got "
+                             f"{self.preservation_power} with mode {self.mode!r}")
 
     def score_one(self, image: ImageLike, meta: Mapping[str, Any]) -> float:
         """Reward of one edited image."""
         source, target, edit_type = _edit_fields(meta)
         s = imgedit.score_edit(image, source, target, edit_type)
         if self.mode == "product":
-            return float(s.success) * s.preservation
+            return float(s.success) * s.preservation ** self.preservation_power
         return (s.score_1_5 - 1.0) / 4.0
 
     def __call__(self, images: Images, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]],

@@ -31,9 +31,10 @@ from dreamlite.train.rl import frozen_copy, latent_reward, nft_iteration, rl_edi
 
 # name -> factory(cfg) -> {task: Reward}; register a learned reward (or a test's fake one) here.
 REWARDS: dict[str, Callable[[RLStageConfig], dict[str, Reward]]] = {
-    "shapes": lambda c: {"t2i": GenEvalReward(c.partial_weight), "edit": EditReward(c.edit_reward_mode)},
+    "shapes": lambda c: {"t2i": GenEvalReward(c.partial_weight),
+                         "edit": EditReward(c.edit_reward_mode, c.preservation_power)},
     "geneval": lambda c: {"t2i": GenEvalReward(c.partial_weight)},
-    "imgedit": lambda c: {"edit": EditReward(c.edit_reward_mode)},
+    "imgedit": lambda c: {"edit": EditReward(c.edit_reward_mode, c.preservation_power)},
 }
 
 

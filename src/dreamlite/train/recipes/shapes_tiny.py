@@ -522,6 +522,11 @@ SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_RL3 = rl_round(SHAPES_TINY_CONSOLIDATE_MOBIL
                                                    "shapes-tiny-consolidate-mobile-bind-rl3", _MOBILE_RL_STAGE,
                                                    rl_seed=20, steps=400)
 
+# Session 18. A fourth round whose edit reward squares preservation (success x preservation ** 2): each RL round
+# gained the student GenEval and cost it preservation (0.901 -> 0.876 over three), so this one pays more for keeping.
+SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_RL4 = rl_round(
+    SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_RL3, "shapes-tiny-consolidate-mobile-bind-rl4",
+    replace(_MOBILE_RL_STAGE, rl=replace(_MOBILE_RL_STAGE.rl, preservation_power=2.0)), rl_seed=22, steps=400)
 
 # CI-sized: the same stage kinds and real rewards, a tiny random network, 2 RL iterations and 2 distill rounds.
 POST_QUICK = Recipe(
@@ -578,6 +583,7 @@ RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "sh
            "shapes-tiny-consolidate-mobile-bind-rl": SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_RL,
            "shapes-tiny-consolidate-mobile-bind-rl2": SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_RL2,
            "shapes-tiny-consolidate-mobile-bind-rl3": SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_RL3,
+           "shapes-tiny-consolidate-mobile-bind-rl4": SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_RL4,
            "shapes-tiny-mirror-gentle-rl": SHAPES_TINY_MIRROR_GENTLE_RL,
            "shapes-tiny-mirror-gentle-rl2": SHAPES_TINY_MIRROR_GENTLE_RL2,
            "shapes-tiny-mirror-gentle-rl3": SHAPES_TINY_MIRROR_GENTLE_RL3,
