@@ -524,7 +524,8 @@ SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_RL3 = rl_round(SHAPES_TINY_CONSOLIDATE_MOBIL
 
 # Session 18. The base's RL stage (v7-rl's) again, on the shipped base, its edit rollouts at the base's image guidance
 # (2.5) and twice consolidate2-rl's length: GenEval 0.738 -> 0.747, editing 0.854 / 0.910 -> 0.867 / 0.891 (1,727 s),
-# all inside the bench's noise and preservation under issue 5's 0.90; not shipped.
+# all inside the bench's noise and preservation under issue 5's 0.90; then a second round and a consolidation, the
+# shipped `unet/` since session 18 (BENCHMARKS.md, "More RL on the base").
 _BASE_RL = SHAPES_TINY_V7_RL.stages[0].rl
 SHAPES_TINY_CONSOLIDATE3_RL = rl_round(
     SHAPES_TINY_CONSOLIDATE3, "shapes-tiny-consolidate3-rl",
