@@ -12,6 +12,7 @@ from dreamlite.shapes.render import render_batch
 from dreamlite.shapes.scene import Scene
 from dreamlite.shapes.spec import PromptSpec
 from dreamlite.shapes.tasks import sample_edit_cases, sample_t2i
+from dreamlite.train.config import RLStageConfig
 from dreamlite.train.rewards import EditReward, GenEvalReward, Reward, WeightedReward, edit_metadata
 
 SIZE = 64
@@ -131,6 +132,8 @@ def test_preservation_power_weighs_what_an_edit_keeps():
     for bad in ({"preservation_power": 0.0}, {"mode": "score", "preservation_power": 2.0}):
         with pytest.raises(ValueError, match="preservation_power"):
             EditReward(**bad)
+    with pytest.raises(ValueError, match="preservation_power"):  # refused when a recipe is read, not at its RL stage
+        RLStageConfig(edit_reward_mode="score", preservation_power=2.0)
 
 
 def test_edit_metadata_round_trips_and_bad_input_is_refused():

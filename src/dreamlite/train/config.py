@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, get_type_hints
 
 from dreamlite.models.vae import VAEConfig
+from dreamlite.train.rewards import EditReward, GenEvalReward
 from dreamlite.train.rl import NFTConfig
 
 STAGE_KINDS = ("flow", "rl", "distill")
@@ -58,6 +59,10 @@ class RLStageConfig:
         if self.max_drift < 0 or (self.max_drift > 0 and self.watch_every == 0):
             raise ValueError(f"rl: max_drift must be >= 0 and needs the watch (watch_every > 0); got max_drift "
                              f"{self.max_drift}, watch_every {self.watch_every}")
+        # the Shapes rewards check their own settings; built here, a bad one fails when the recipe is read, not
+        # hours later when its RL stage starts
+        GenEvalReward(self.partial_weight)
+        EditReward(self.edit_reward_mode, self.preservation_power)
 
 
 @dataclass(frozen=True)
