@@ -557,6 +557,24 @@ SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_KEEP = rl_round(
     replace(_MOBILE_RL_STAGE, mix=replace(_MOBILE_RL_STAGE.mix, t2i=0.5, edit=0.5, edit_weights=KEEP_EDIT_WEIGHTS),
             rl=replace(_MOBILE_RL_STAGE.rl, preservation_power=2.0)), rl_seed=23, steps=400)
 
+# Session 19. The same pair of RL rounds and consolidation again, on the shipped base (consolidate5), the
+# consolidation anchored to consolidate5 itself so that each new base takes its editing from the one it replaces.
+SHAPES_TINY_CONSOLIDATE5_RL = rl_round(SHAPES_TINY_CONSOLIDATE5, "shapes-tiny-consolidate5-rl",
+                                       SHAPES_TINY_CONSOLIDATE3_RL.stages[0], rl_seed=25, steps=300)
+SHAPES_TINY_CONSOLIDATE5_RL2 = rl_round(SHAPES_TINY_CONSOLIDATE5_RL, "shapes-tiny-consolidate5-rl2",
+                                        SHAPES_TINY_CONSOLIDATE3_RL.stages[0], rl_seed=26, steps=300)
+SHAPES_TINY_CONSOLIDATE6 = replace(
+    SHAPES_TINY_CONSOLIDATE5, name="shapes-tiny-consolidate6", init_from="runs/shapes-tiny-consolidate5-rl2/model",
+    corpus=replace(SHAPES_TINY_CONSOLIDATE5.corpus, seed=820_000),
+    stages=(replace(SHAPES_TINY_CONSOLIDATE5.stages[0], name="consolidate6",
+                    anchor_from="runs/shapes-tiny-consolidate5/model"),))
+
+# The student's next round starts from `-keep` (GenEval 0.742; its edits equal rl3's on seed offset 1000) with the
+# binding-weighted stage of rl3 (preservation did not answer the squared reward), at a fresh rollout seed.
+SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_KEEP2 = rl_round(SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_KEEP,
+                                                     "shapes-tiny-consolidate-mobile-bind-keep2", _MOBILE_RL_STAGE,
+                                                     rl_seed=27, steps=400)
+
 # CI-sized: the same stage kinds and real rewards, a tiny random network, 2 RL iterations and 2 distill rounds.
 POST_QUICK = Recipe(
     name="shapes-tiny-post-quick",
@@ -616,6 +634,10 @@ RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "sh
            "shapes-tiny-consolidate3-rl": SHAPES_TINY_CONSOLIDATE3_RL,
            "shapes-tiny-consolidate3-rl2": SHAPES_TINY_CONSOLIDATE3_RL2,
            "shapes-tiny-consolidate5": SHAPES_TINY_CONSOLIDATE5,
+           "shapes-tiny-consolidate5-rl": SHAPES_TINY_CONSOLIDATE5_RL,
+           "shapes-tiny-consolidate5-rl2": SHAPES_TINY_CONSOLIDATE5_RL2,
+           "shapes-tiny-consolidate6": SHAPES_TINY_CONSOLIDATE6,
+           "shapes-tiny-consolidate-mobile-bind-keep2": SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_KEEP2,
            "shapes-tiny-consolidate-mobile-bind-keep": SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_KEEP,
            "shapes-tiny-mirror-gentle-rl": SHAPES_TINY_MIRROR_GENTLE_RL,
            "shapes-tiny-mirror-gentle-rl2": SHAPES_TINY_MIRROR_GENTLE_RL2,
