@@ -1,11 +1,13 @@
 """The full benchmarks of one model folder: all 600 GenEval-Shapes prompts (one image each) and all 240
-ImgEdit-Shapes edits, sampled as the chosen variant's defaults (the shipped base: 20 steps, guidance 3.0 / 2.5;
+ImgEdit-Shapes edits (with ``--phrasings heldout``: the same prompts re-worded and 240 other edits, in words no
+training prompt uses), sampled as the chosen variant's defaults (the shipped base: 20 steps, guidance 3.0 / 2.5;
 mobile: 4 steps, no guidance), unless ``--steps`` / ``--guidance`` / ``--image-guidance`` say otherwise. The same
 seeds every run, so two models (or two settings) differ only by the model. Prints one row of scores per tag / edit
 type and the seconds taken, and writes ``scores.json`` beside the benchmark folders (``OUT/geneval``, ``OUT/imgedit``).
 
     python benchmarks/full_eval.py checkpoints/dreamlite-tiny-shapes runs/fulleval-base
     python benchmarks/full_eval.py checkpoints/dreamlite-tiny-shapes runs/fulleval-mobile --variant mobile
+    python benchmarks/full_eval.py checkpoints/dreamlite-tiny-shapes runs/fulleval-para --phrasings heldout
     python benchmarks/binding_diagnosis.py --results runs/fulleval-base/geneval/results.jsonl   # failure modes
 """
 
@@ -31,6 +33,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=None, help="text guidance scale")
     ap.add_argument("--image-guidance", type=float, default=None, help="source-image guidance scale (edits)")
     ap.add_argument("--guidance-max-sigma", type=float, default=None, help="guide only at noise levels <= this")
+    ap.add_argument("--phrasings", choices=("canonical", "heldout"), default="canonical",
+                    help="heldout: GenEval's rows re-worded and 240 other edits, in words no training prompt uses")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -39,7 +43,7 @@ def main() -> None:
                                   image_guidance_scale=args.image_guidance,
                                   guidance_max_sigma=args.guidance_max_sigma).items() if v is not None}
     t0 = time.perf_counter()
-    scores = evaluate_pipeline(pipe, args.out, None, None, **call)
+    scores = evaluate_pipeline(pipe, args.out, None, None, phrasings=args.phrasings, **call)
     seconds = time.perf_counter() - t0
     scores["seconds"] = seconds
     args.out.mkdir(parents=True, exist_ok=True)

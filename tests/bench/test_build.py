@@ -4,6 +4,7 @@ import numpy as np
 from PIL import Image
 
 from dreamlite.bench import build, geneval, imgedit
+from dreamlite.shapes.edits import EDIT_TYPES
 from dreamlite.shapes.render import render_batch
 from dreamlite.shapes.tasks import GENEVAL_BENCH_SEED, IMGEDIT_BENCH_SEED, RESERVED_SEED_START
 
@@ -19,3 +20,20 @@ def test_shipped_data_is_exactly_what_the_reserved_seeds_build():
     rendered = render_batch([c.source for c in cases], build.SOURCE_SIZE)
     for key, img in zip(basic, rendered):
         assert np.array_equal(np.asarray(Image.open(bench.parent / "images" / f"{key}.png").convert("RGB")), img)
+
+
+def test_heldout_benchmarks_reword_every_prompt_and_score_their_ground_truth(tmp_path):
+    # (that the held-out words and the train words are disjoint is tests/shapes' check on the language module)
+    rows, path = build.write_heldout(tmp_path / "bench", per_type=2)
+    canonical = build.geneval_rows()
+    assert [{k: v for k, v in r.items() if k != "prompt"} for r in rows] == \
+        [{k: v for k, v in r.items() if k != "prompt"} for r in canonical]
+    assert all(r["prompt"] != c["prompt"] for r, c in zip(rows, canonical))
+    assert rows == build.heldout_geneval_rows(canonical)  # the same words every run
+    items = imgedit.load_bench(path)
+    assert sorted(i.edit_type for i in items) == sorted(list(EDIT_TYPES) * 2)
+    shipped = {i.prompt for i in imgedit.load_bench(imgedit.default_bench_path())}
+    assert not {i.prompt for i in items} & shipped
+    imgedit.write_ground_truth(items, tmp_path / "gt")
+    summary = imgedit.run(items, tmp_path / "gt", images_dir=tmp_path / "gt")
+    assert summary.success == 1.0 and summary.preservation > 0.99

@@ -8,6 +8,11 @@
 Tags (edit types) take turns, so ``--limit N`` still covers all of them. The seeds lie in the range training
 never draws from (``dreamlite.shapes.tasks``). A test rebuilds the data in memory and checks it equals what is
 shipped.
+
+The held-out-phrasing benchmarks are built on demand (``write_heldout``), not shipped: GenEval's 600 rows with
+every prompt re-worded from the held-out templates (same clauses, same scoring), and 240 further edits drawn
+with held-out instructions - words no training, RL or distillation prompt uses, so a model that learned the
+world scores about as well there, and one that learned its training wordings does not.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from dreamlite.bench.geneval import BENCH_FILE
 from dreamlite.bench.imgedit import BENCH_DIR
 from dreamlite.shapes.edits import EDIT_TYPES, EditCase, sample_edit_case
 from dreamlite.shapes.render import render_batch
-from dreamlite.shapes.spec import TAGS, sample_spec
-from dreamlite.shapes.tasks import GENEVAL_BENCH_SEED, IMGEDIT_BENCH_SEED
+from dreamlite.shapes.spec import TAGS, PromptSpec, rephrase, sample_spec
+from dreamlite.shapes.tasks import (GENEVAL_BENCH_SEED, GENEVAL_HELDOUT_SEED, IMGEDIT_BENCH_SEED,
+                                     IMGEDIT_HELDOUT_SEED)
 
 PER_TAG = 100
 PER_TYPE = 30
@@ -35,9 +41,16 @@ def geneval_rows(seed: int = GENEVAL_BENCH_SEED, per_tag: int = PER_TAG) -> list
     return [sample_spec(rng, tag, "canonical").to_dict() for _ in range(per_tag) for tag in TAGS]
 
 
-def imgedit_cases(seed: int = IMGEDIT_BENCH_SEED, per_type: int = PER_TYPE) -> list[EditCase]:
+def imgedit_cases(seed: int = IMGEDIT_BENCH_SEED, per_type: int = PER_TYPE,
+                  phrasings: str = "canonical") -> list[EditCase]:
     rng = np.random.default_rng(seed)
-    return [sample_edit_case(rng, t, "canonical") for _ in range(per_type) for t in EDIT_TYPES]
+    return [sample_edit_case(rng, t, phrasings) for _ in range(per_type) for t in EDIT_TYPES]
+
+
+def heldout_geneval_rows(rows: list[dict], seed: int = GENEVAL_HELDOUT_SEED) -> list[dict]:
+    """``rows`` with every prompt re-worded from the held-out phrasings (same clauses, same scoring)."""
+    rng = np.random.default_rng(seed)
+    return [rephrase(PromptSpec.from_dict(r), rng, "heldout").to_dict() for r in rows]
 
 
 def imgedit_files(cases: list[EditCase]) -> tuple[dict, dict]:
@@ -52,13 +65,24 @@ def write_all(data_dir: Path) -> None:
     rows = geneval_rows()
     images.write_text(data_dir / BENCH_FILE, "".join(json.dumps(r) + "\n" for r in rows))
     cases = imgedit_cases()
+    write_imgedit(cases, data_dir / BENCH_DIR)
+    print(f"wrote {len(rows)} prompts and {len(cases)} edits under {data_dir}")
+
+
+def write_imgedit(cases: list[EditCase], bench: Path) -> Path:
+    """An ImgEdit-Shapes folder for ``cases`` (basic_edit.json, targets.json, images/); returns basic_edit.json."""
     basic, targets = imgedit_files(cases)
-    bench = data_dir / BENCH_DIR
-    images.write_text(bench / "basic_edit.json", json.dumps(basic, indent=1) + "\n")
-    images.write_text(bench / "targets.json", json.dumps(targets) + "\n")
     for key, img in zip(basic, render_batch([c.source for c in cases], SOURCE_SIZE)):
         images.save_png(img, bench / "images" / f"{key}.png")
-    print(f"wrote {len(rows)} prompts and {len(cases)} edits under {data_dir}")
+    images.write_text(bench / "targets.json", json.dumps(targets) + "\n")
+    images.write_text(bench / "basic_edit.json", json.dumps(basic, indent=1) + "\n")
+    return bench / "basic_edit.json"
+
+
+def write_heldout(bench: Path, per_type: int = PER_TYPE) -> tuple[list[dict], Path]:
+    """The held-out-phrasing benchmarks: (GenEval rows re-worded, path of an ImgEdit folder written under ``bench``)."""
+    rows = heldout_geneval_rows(geneval_rows())
+    return rows, write_imgedit(imgedit_cases(IMGEDIT_HELDOUT_SEED, per_type, "heldout"), bench)
 
 
 if __name__ == "__main__":

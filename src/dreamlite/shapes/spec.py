@@ -145,6 +145,22 @@ def sample_spec(rng: np.random.Generator, tag: str, phrasings: str = "train") ->
     raise ValueError(f"unknown tag {tag!r}; known: {', '.join(TAGS)}")
 
 
+def rephrase(spec: PromptSpec, rng: np.random.Generator, phrasings: str) -> PromptSpec:
+    """``spec`` with its prompt drawn again from the ``phrasings`` set: the same clauses, so the same scoring."""
+    inc = spec.include
+    if spec.tag in ("single_object", "colors"):
+        text = language.prompt_one(inc[0].cls, inc[0].color, rng, phrasings)
+    elif spec.tag in ("two_object", "color_attr"):
+        text = language.prompt_two((inc[0].cls, inc[0].color), (inc[1].cls, inc[1].color), rng, phrasings)
+    elif spec.tag == "counting":
+        text = language.prompt_count(inc[0].cls, inc[0].count, rng, phrasings)
+    elif spec.tag == "position":
+        text = language.prompt_position(inc[1].cls, inc[1].position[0], inc[0].cls, rng, phrasings)
+    else:
+        raise ValueError(f"cannot rephrase a {spec.tag!r} row")
+    return PromptSpec(spec.tag, spec.include, spec.exclude, text)
+
+
 def _object_colors(rng: np.random.Generator, clause: Clause) -> list[str]:
     if clause.color is not None:
         return [clause.color] * clause.count

@@ -26,6 +26,10 @@ from dreamlite.shapes.spec import TAGS, PromptSpec, sample_spec, scene_for_spec
 RESERVED_SEED_START = 1_000_000_000
 GENEVAL_BENCH_SEED = RESERVED_SEED_START + 1
 IMGEDIT_BENCH_SEED = RESERVED_SEED_START + 2
+# The held-out-phrasing variants of both benchmarks (``full_eval.py --phrasings heldout``): GenEval's rows
+# re-worded, and a second set of edits, each from its own reserved stream.
+GENEVAL_HELDOUT_SEED = RESERVED_SEED_START + 3
+IMGEDIT_HELDOUT_SEED = RESERVED_SEED_START + 4
 
 
 def check_training_seed(seed: int) -> int:

@@ -62,15 +62,23 @@ def stratified(items: list, key: Callable, limit: int | None) -> list:
 
 
 def evaluate_pipeline(pipe: DreamLitePipeline, outdir: Path, geneval_limit: int | None, imgedit_limit: int | None,
-                      samples_per_prompt: int = 1, **call_kwargs) -> dict[str, float]:
-    """GenEval-Shapes and ImgEdit-Shapes (stratified subsets when limited); returns flat scores."""
-    from dreamlite.bench import geneval, imgedit
+                      samples_per_prompt: int = 1, phrasings: str = "canonical", **call_kwargs) -> dict[str, float]:
+    """GenEval-Shapes and ImgEdit-Shapes (stratified subsets when limited); returns flat scores. ``phrasings``
+    "heldout": the same GenEval rows re-worded and a second edit set, in words no training prompt uses
+    (``dreamlite.bench.build.write_heldout``; its edits are written under ``outdir/imgedit_bench``)."""
+    from dreamlite.bench import build, geneval, imgedit
 
+    if phrasings not in ("canonical", "heldout"):
+        raise ValueError(f"phrasings must be 'canonical' or 'heldout', got {phrasings!r}")
     generate_fn, edit_fn = model_fns(pipe, **call_kwargs)
-    rows = stratified(geneval.load_metadata(geneval.default_metadata_path()), lambda r: r["tag"], geneval_limit)
+    rows = geneval.load_metadata(geneval.default_metadata_path())
+    bench = imgedit.default_bench_path()
+    if phrasings == "heldout":
+        rows, bench = build.write_heldout(outdir / "imgedit_bench")
+    rows = stratified(rows, lambda r: r["tag"], geneval_limit)
     g = geneval.run(rows, outdir / "geneval", generate_fn=generate_fn, samples_per_prompt=samples_per_prompt,
                     batch_size=64)
-    items = stratified(imgedit.load_bench(imgedit.default_bench_path()), lambda i: i.edit_type, imgedit_limit)
+    items = stratified(imgedit.load_bench(bench), lambda i: i.edit_type, imgedit_limit)
     e = imgedit.run(items, outdir / "imgedit", edit_fn=edit_fn, batch_size=64)
     return {"geneval": g.overall, **{f"geneval/{t.tag}": t.accuracy for t in g.tags},
             "imgedit_success": e.success, "imgedit_preservation": e.preservation, "imgedit_score": e.score,

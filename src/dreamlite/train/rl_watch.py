@@ -22,9 +22,8 @@ import numpy as np
 import torch
 
 from dreamlite.sampling import Guidance, make_sigmas, sample, velocity
-from dreamlite.shapes import language
 from dreamlite.shapes.edits import EDIT_TYPES
-from dreamlite.shapes.spec import PromptSpec
+from dreamlite.shapes.spec import PromptSpec, rephrase
 from dreamlite.shapes.tasks import check_training_seed
 from dreamlite.train.config import StageConfig
 from dreamlite.train.loop import StageContext
@@ -38,19 +37,7 @@ IMAGE_KEYS = ("saturation", "background_purity", "vae_recon_error")
 
 def paraphrase(row: dict, rng: np.random.Generator) -> dict:
     """The same GenEval row with its prompt re-phrased from the held-out templates (same scoring)."""
-    spec = PromptSpec.from_dict(row)
-    inc, h = spec.include, "heldout"
-    if spec.tag in ("single_object", "colors"):
-        text = language.prompt_one(inc[0].cls, inc[0].color, rng, h)
-    elif spec.tag in ("two_object", "color_attr"):
-        text = language.prompt_two((inc[0].cls, inc[0].color), (inc[1].cls, inc[1].color), rng, h)
-    elif spec.tag == "counting":
-        text = language.prompt_count(inc[0].cls, inc[0].count, rng, h)
-    elif spec.tag == "position":
-        text = language.prompt_position(inc[1].cls, inc[1].position[0], inc[0].cls, rng, h)
-    else:
-        raise ValueError(f"cannot paraphrase a {spec.tag!r} row")
-    return {**spec.to_dict(), "prompt": text}
+    return rephrase(PromptSpec.from_dict(row), rng, "heldout").to_dict()
 
 
 def image_stats(images: np.ndarray, vae) -> dict[str, float]:
