@@ -570,6 +570,12 @@ SHAPES_TINY_CONSOLIDATE6 = replace(
     corpus=replace(SHAPES_TINY_CONSOLIDATE5.corpus, seed=820_000),
     stages=(replace(SHAPES_TINY_CONSOLIDATE5.stages[0], name="consolidate6",
                     anchor_from="runs/shapes-tiny-consolidate5/model"),))
+# consolidate6's editing sits under the base it was anchored to (0.833 / 0.891 vs 0.846 / 0.904): the same stage
+# once more from consolidate6 (its generation kept by its own velocity, edits regressed onto consolidate5's again).
+SHAPES_TINY_CONSOLIDATE7 = replace(
+    SHAPES_TINY_CONSOLIDATE6, name="shapes-tiny-consolidate7", init_from="runs/shapes-tiny-consolidate6/model",
+    corpus=replace(SHAPES_TINY_CONSOLIDATE6.corpus, seed=830_000),
+    stages=(replace(SHAPES_TINY_CONSOLIDATE6.stages[0], name="consolidate7"),))
 
 # The student's next round starts from `-keep` (GenEval 0.742; its edits equal rl3's on seed offset 1000) with the
 # binding-weighted stage of rl3 (preservation did not answer the squared reward), at a fresh rollout seed. It drifted
@@ -640,6 +646,7 @@ RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "sh
            "shapes-tiny-consolidate5-rl": SHAPES_TINY_CONSOLIDATE5_RL,
            "shapes-tiny-consolidate5-rl2": SHAPES_TINY_CONSOLIDATE5_RL2,
            "shapes-tiny-consolidate6": SHAPES_TINY_CONSOLIDATE6,
+           "shapes-tiny-consolidate7": SHAPES_TINY_CONSOLIDATE7,
            "shapes-tiny-consolidate-mobile-bind-keep2": SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_KEEP2,
            "shapes-tiny-consolidate-mobile-bind-keep": SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_KEEP,
            "shapes-tiny-mirror-gentle-rl": SHAPES_TINY_MIRROR_GENTLE_RL,
