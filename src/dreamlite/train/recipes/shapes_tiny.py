@@ -572,6 +572,7 @@ SHAPES_TINY_CONSOLIDATE6 = replace(
                     anchor_from="runs/shapes-tiny-consolidate5/model"),))
 # consolidate6's editing sits under the base it was anchored to (0.833 / 0.891 vs 0.846 / 0.904): the same stage
 # once more from consolidate6 (its generation kept by its own velocity, edits regressed onto consolidate5's again).
+# It lost on every number (0.755 / 0.821 / 0.898; held-out GenEval 0.748): not shipped.
 SHAPES_TINY_CONSOLIDATE7 = replace(
     SHAPES_TINY_CONSOLIDATE6, name="shapes-tiny-consolidate7", init_from="runs/shapes-tiny-consolidate6/model",
     corpus=replace(SHAPES_TINY_CONSOLIDATE6.corpus, seed=830_000),
