@@ -24,8 +24,8 @@ def test_shipped_data_is_exactly_what_the_reserved_seeds_build():
 
 def test_heldout_benchmarks_reword_every_prompt_and_score_their_ground_truth(tmp_path):
     # (that the held-out words and the train words are disjoint is tests/shapes' check on the language module)
-    rows, path = build.write_heldout(tmp_path / "bench", per_type=2)
     canonical = build.geneval_rows()
+    rows, path = build.write_heldout(canonical, tmp_path / "bench", per_type=2)
     assert [{k: v for k, v in r.items() if k != "prompt"} for r in rows] == \
         [{k: v for k, v in r.items() if k != "prompt"} for r in canonical]
     assert all(r["prompt"] != c["prompt"] for r, c in zip(rows, canonical))

@@ -79,10 +79,9 @@ def write_imgedit(cases: list[EditCase], bench: Path) -> Path:
     return bench / "basic_edit.json"
 
 
-def write_heldout(bench: Path, per_type: int = PER_TYPE) -> tuple[list[dict], Path]:
-    """The held-out-phrasing benchmarks: (GenEval rows re-worded, path of an ImgEdit folder written under ``bench``)."""
-    rows = heldout_geneval_rows(geneval_rows())
-    return rows, write_imgedit(imgedit_cases(IMGEDIT_HELDOUT_SEED, per_type, "heldout"), bench)
+def write_heldout(rows: list[dict], bench: Path, per_type: int = PER_TYPE) -> tuple[list[dict], Path]:
+    """The held-out-phrasing benchmarks: (``rows`` re-worded, path of an ImgEdit folder written under ``bench``)."""
+    return heldout_geneval_rows(rows), write_imgedit(imgedit_cases(IMGEDIT_HELDOUT_SEED, per_type, "heldout"), bench)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def evaluate_pipeline(pipe: DreamLitePipeline, outdir: Path, geneval_limit: int 
     rows = geneval.load_metadata(geneval.default_metadata_path())
     bench = imgedit.default_bench_path()
     if phrasings == "heldout":
-        rows, bench = build.write_heldout(outdir / "imgedit_bench")
+        rows, bench = build.write_heldout(rows, outdir / "imgedit_bench")
     rows = stratified(rows, lambda r: r["tag"], geneval_limit)
     g = geneval.run(rows, outdir / "geneval", generate_fn=generate_fn, samples_per_prompt=samples_per_prompt,
                     batch_size=64)
