@@ -585,6 +585,20 @@ SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_KEEP2 = rl_round(SHAPES_TINY_CONSOLIDATE_MOB
                                                      "shapes-tiny-consolidate-mobile-bind-keep2", _MOBILE_RL_STAGE,
                                                      rl_seed=27, steps=400)
 
+# Session 20. The student of the shipped base: session 17's distillation (image guidance 2.5 folded, binding-weighted
+# data latents) from consolidate5 instead of consolidate3, then the shipped student's RL stage, three rounds of 400
+# iterations at fresh rollout seeds, as the shipped `unet_mobile/` was made from consolidate3.
+SHAPES_TINY_CONSOLIDATE5_MOBILE = replace(SHAPES_TINY_CONSOLIDATE_MOBILE_BIND, name="shapes-tiny-consolidate5-mobile",
+                                          init_from="runs/shapes-tiny-consolidate5/model")
+SHAPES_TINY_CONSOLIDATE5_MOBILE_RL = replace(
+    SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_RL, name="shapes-tiny-consolidate5-mobile-rl",
+    init_from="runs/shapes-tiny-consolidate5-mobile/model/unet_mobile",
+    stages=(replace(_MOBILE_RL_STAGE, rl=replace(_MOBILE_RL_STAGE.rl, rl_seed=28)),))
+SHAPES_TINY_CONSOLIDATE5_MOBILE_RL2 = rl_round(SHAPES_TINY_CONSOLIDATE5_MOBILE_RL, "shapes-tiny-consolidate5-mobile-rl2",
+                                               _MOBILE_RL_STAGE, rl_seed=29, steps=400)
+SHAPES_TINY_CONSOLIDATE5_MOBILE_RL3 = rl_round(SHAPES_TINY_CONSOLIDATE5_MOBILE_RL2, "shapes-tiny-consolidate5-mobile-rl3",
+                                               _MOBILE_RL_STAGE, rl_seed=30, steps=400)
+
 # CI-sized: the same stage kinds and real rewards, a tiny random network, 2 RL iterations and 2 distill rounds.
 POST_QUICK = Recipe(
     name="shapes-tiny-post-quick",
@@ -646,6 +660,10 @@ RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-plus": SHAPES_TINY_PLUS, "sh
            "shapes-tiny-consolidate5": SHAPES_TINY_CONSOLIDATE5,
            "shapes-tiny-consolidate5-rl": SHAPES_TINY_CONSOLIDATE5_RL,
            "shapes-tiny-consolidate5-rl2": SHAPES_TINY_CONSOLIDATE5_RL2,
+           "shapes-tiny-consolidate5-mobile": SHAPES_TINY_CONSOLIDATE5_MOBILE,
+           "shapes-tiny-consolidate5-mobile-rl": SHAPES_TINY_CONSOLIDATE5_MOBILE_RL,
+           "shapes-tiny-consolidate5-mobile-rl2": SHAPES_TINY_CONSOLIDATE5_MOBILE_RL2,
+           "shapes-tiny-consolidate5-mobile-rl3": SHAPES_TINY_CONSOLIDATE5_MOBILE_RL3,
            "shapes-tiny-consolidate6": SHAPES_TINY_CONSOLIDATE6,
            "shapes-tiny-consolidate7": SHAPES_TINY_CONSOLIDATE7,
            "shapes-tiny-consolidate-mobile-bind-keep2": SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_KEEP2,
