@@ -1,4 +1,7 @@
-"""Shipped recipes, one file each; ``get_recipe(name_or_path)`` also reads a recipe JSON file."""
+"""Shipped recipes: ``shapes_tiny`` (the recipe from nothing, its post-training stages, CI-sized versions, the
+ablation arms), ``shapes_tiny_rounds`` and ``shapes_tiny_consolidation`` (the measured rounds that made the shipped
+model, in order), ``dreamlite_039b`` (the paper-scale preset). ``get_recipe(name_or_path)`` also reads a recipe
+JSON file."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from pathlib import Path
 
 from dreamlite.train.config import Recipe
 
-_MODULES = ("shapes_tiny", "dreamlite_039b")  # each defines ``RECIPES``: name -> Recipe (plain configs, cheap)
+# each defines ``RECIPES``: name -> Recipe (plain configs, cheap to import)
+_MODULES = ("shapes_tiny", "shapes_tiny_rounds", "shapes_tiny_consolidation", "dreamlite_039b")
 RECIPES = {name: module for module in _MODULES
            for name in import_module(f"dreamlite.train.recipes.{module}").RECIPES}
 
