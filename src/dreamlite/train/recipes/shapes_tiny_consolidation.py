@@ -150,7 +150,9 @@ SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_KEEP2 = rl_round(SHAPES_TINY_CONSOLIDATE_MOB
 
 # Session 20. The student of the shipped base: session 17's distillation (image guidance 2.5 folded, binding-weighted
 # data latents) from consolidate5 instead of consolidate3, then the shipped student's RL stage, three rounds of 400
-# iterations at fresh rollout seeds, as the shipped `unet_mobile/` was made from consolidate3.
+# iterations at fresh rollout seeds, as the previous `unet_mobile/` was made from consolidate3. Full benchmarks:
+# 0.723 / 0.808 / 0.891 distilled, 0.745 / 0.863 / 0.889, 0.765 / 0.854 / 0.882 (`-rl2`: the shipped `unet_mobile/`
+# since session 20, within 0.03 of the base on all three numbers), 0.757 / 0.854 / 0.880 (`-rl3`, not shipped).
 SHAPES_TINY_CONSOLIDATE5_MOBILE = replace(SHAPES_TINY_CONSOLIDATE_MOBILE_BIND, name="shapes-tiny-consolidate5-mobile",
                                           init_from="runs/shapes-tiny-consolidate5/model")
 SHAPES_TINY_CONSOLIDATE5_MOBILE_RL = replace(
