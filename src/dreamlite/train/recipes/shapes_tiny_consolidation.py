@@ -141,6 +141,13 @@ SHAPES_TINY_CONSOLIDATE7 = replace(
     corpus=replace(SHAPES_TINY_CONSOLIDATE6.corpus, seed=830_000),
     stages=(replace(SHAPES_TINY_CONSOLIDATE6.stages[0], name="consolidate7"),))
 
+# Session 20. consolidate6's stage from `consolidate5-rl` (one RL round, less drift than two: 0.778 / 0.858 / 0.886)
+# instead of `-rl2`, anchored to consolidate5 as consolidate6 was.
+SHAPES_TINY_CONSOLIDATE8 = replace(
+    SHAPES_TINY_CONSOLIDATE6, name="shapes-tiny-consolidate8", init_from="runs/shapes-tiny-consolidate5-rl/model",
+    corpus=replace(SHAPES_TINY_CONSOLIDATE6.corpus, seed=840_000),
+    stages=(replace(SHAPES_TINY_CONSOLIDATE6.stages[0], name="consolidate8"),))
+
 # The student's next round starts from `-keep` (GenEval 0.742; its edits equal rl3's on seed offset 1000) with the
 # binding-weighted stage of rl3 (preservation did not answer the squared reward), at a fresh rollout seed. It drifted
 # (0.29 at iteration 180, 1.67 at 260, where the guard stopped it): GenEval 0.640, not shipped.
@@ -188,5 +195,6 @@ RECIPES = {"shapes-tiny-consolidate": SHAPES_TINY_CONSOLIDATE, "shapes-tiny-cons
            "shapes-tiny-consolidate5-mobile-rl3": SHAPES_TINY_CONSOLIDATE5_MOBILE_RL3,
            "shapes-tiny-consolidate6": SHAPES_TINY_CONSOLIDATE6,
            "shapes-tiny-consolidate7": SHAPES_TINY_CONSOLIDATE7,
+           "shapes-tiny-consolidate8": SHAPES_TINY_CONSOLIDATE8,
            "shapes-tiny-consolidate-mobile-bind-keep2": SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_KEEP2,
            "shapes-tiny-consolidate-mobile-bind-keep": SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_KEEP}
