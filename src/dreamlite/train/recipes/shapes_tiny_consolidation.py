@@ -16,10 +16,11 @@ from dreamlite.train.recipes.shapes_tiny_rounds import (JOINT_BIND, SHAPES_TINY_
 
 _SHIP = "checkpoints/dreamlite-tiny-shapes"
 
-# Consolidation (``StageConfig.anchor_from`` / ``anchor_start_tags``): the model above reads the side but lost
-# drawing and editing that v7 + RL (the base it started from) still has. No data targets at all: every row regresses
-# onto v7 + RL's velocity, except the position prompts, which keep the start's (the side). Two rounds of 500 steps
-# at lr 2e-4 (~10 min each), the second with edits at three quarters of the batch.
+# Consolidation (``StageConfig.anchor_from`` / ``anchor_start_tags``): `shapes-tiny-mirror-anchor-rl` (the last
+# round of shapes_tiny_rounds) reads the side but lost drawing and editing that v7 + RL (the base it started from)
+# still has. No data targets at all: every row regresses onto v7 + RL's velocity, except the position prompts, which
+# keep the start's (the side). Two rounds of 500 steps at lr 2e-4 (~10 min each), the second with edits at three
+# quarters of the batch.
 SHAPES_TINY_CONSOLIDATE = replace(
     SHAPES_TINY_MIRROR_ANCHOR_RL, name="shapes-tiny-consolidate", vae_path=f"{_SHIP}/vae",
     init_from="runs/shapes-tiny-mirror-anchor-rl/model",

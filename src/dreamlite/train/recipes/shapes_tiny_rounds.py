@@ -260,7 +260,8 @@ def twins_pilot(name: str, weight: float, min_t: float = 0.0, steps: int = 150, 
                    corpus=replace(SHAPES_TINY_V8.corpus, n_t2i=6000, n_edit=2000))
 
 
-TWINS_PILOTS = {r.name: r for r in (twins_pilot("shapes-tiny-twins-w0", 0.0), twins_pilot("shapes-tiny-twins-w0.1", 0.1),
+TWINS_PILOTS = {r.name: r for r in (twins_pilot("shapes-tiny-twins-w0", 0.0),
+                                    twins_pilot("shapes-tiny-twins-w0.1", 0.1),
                                     twins_pilot("shapes-tiny-twins-w1-high-t", 1.0, min_t=0.7),
                                     twins_pilot("shapes-tiny-twins-w1-ema", 1.0, steps=120, ema_decay=0.995),
                                     # position only, at low noise (t ~ 0.18) where the layout is visible
