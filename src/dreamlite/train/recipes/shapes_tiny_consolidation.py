@@ -9,6 +9,7 @@ folder's ``stages.md`` names it). Every other recipe here is a measured experime
 from dataclasses import replace
 
 from dreamlite.sampling import Guidance
+from dreamlite.shapes.spec import TAGS  # every GenEval tag: text-to-image rows keep the start's velocity
 from dreamlite.train.recipes.shapes_tiny_rounds import (JOINT_BIND, SHAPES_TINY_MIRROR_ANCHOR1,
                                                         SHAPES_TINY_MIRROR_ANCHOR_RL, SHAPES_TINY_MIRROR_TWINS,
                                                         SHAPES_TINY_V7_RL, SHAPES_TINY_V7_RL_MOBILE,
@@ -36,10 +37,9 @@ SHAPES_TINY_CONSOLIDATE2_RL = rl_round(SHAPES_TINY_CONSOLIDATE2, "shapes-tiny-co
                                       SHAPES_TINY_V7_RL.stages[0], rl_seed=17, steps=150)
 # RL gives drawing (GenEval 0.743) but not editing; a last round takes editing alone from v7 + RL: every text-to-image
 # row keeps the start's velocity, every edit row regresses onto v7 + RL's.
-T2I_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 SHAPES_TINY_CONSOLIDATE3 = replace(
     SHAPES_TINY_CONSOLIDATE2, name="shapes-tiny-consolidate3", init_from="runs/shapes-tiny-consolidate2-rl/model",
-    stages=(replace(SHAPES_TINY_CONSOLIDATE2.stages[0], name="consolidate3", anchor_start_tags=T2I_TAGS),))
+    stages=(replace(SHAPES_TINY_CONSOLIDATE2.stages[0], name="consolidate3", anchor_start_tags=TAGS),))
 # then the 4-step student and RL on it, with the shipped recipes' schedules
 SHAPES_TINY_CONSOLIDATE_MOBILE = replace(
     SHAPES_TINY_V7_RL_MOBILE, name="shapes-tiny-consolidate-mobile", vae_path=f"{_SHIP}/vae",
