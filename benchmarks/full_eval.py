@@ -1,13 +1,15 @@
 """The full benchmarks of one model folder: all 600 GenEval-Shapes prompts (one image each) and all 240
 ImgEdit-Shapes edits (with ``--phrasings heldout``: the same prompts re-worded and 240 other edits, in words no
-training prompt uses), sampled as the chosen variant's defaults (the shipped base: 20 steps, guidance 3.0 / 2.5;
-mobile: 4 steps, no guidance), unless ``--steps`` / ``--guidance`` / ``--image-guidance`` say otherwise. The same
+training prompt uses; with ``--split val``: 600 other prompts and 240 other edits, the validation split
+that chooses among models so that the benchmark stays a test), sampled as the chosen variant's defaults (the
+shipped base: 20 steps, guidance 3.0 / 2.5; mobile: 4 steps, no guidance), unless ``--steps`` / ``--guidance`` / ``--image-guidance`` say otherwise. The same
 seeds every run, so two models (or two settings) differ only by the model. Prints one row of scores per tag / edit
 type and the seconds taken, and writes ``scores.json`` beside the benchmark folders (``OUT/geneval``, ``OUT/imgedit``).
 
     python benchmarks/full_eval.py checkpoints/dreamlite-tiny-shapes runs/fulleval-base
     python benchmarks/full_eval.py checkpoints/dreamlite-tiny-shapes runs/fulleval-mobile --variant mobile
     python benchmarks/full_eval.py checkpoints/dreamlite-tiny-shapes runs/fulleval-para --phrasings heldout
+    python benchmarks/full_eval.py checkpoints/dreamlite-tiny-shapes runs/fulleval-val --split val
     python benchmarks/binding_diagnosis.py --results runs/fulleval-base/geneval/results.jsonl   # failure modes
 """
 
@@ -35,6 +37,9 @@ def main() -> None:
     ap.add_argument("--guidance-max-sigma", type=float, default=None, help="guide only at noise levels <= this")
     ap.add_argument("--phrasings", choices=("canonical", "heldout"), default="canonical",
                     help="heldout: GenEval's rows re-worded and 240 other edits, in words no training prompt uses")
+    ap.add_argument("--split", choices=("test", "val"), default="test",
+                    help="val: 600 other prompts and 240 other edits, for choosing among models (soup weights, "
+                         "checkpoints) without reading the benchmark")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -43,7 +48,8 @@ def main() -> None:
                                   image_guidance_scale=args.image_guidance,
                                   guidance_max_sigma=args.guidance_max_sigma).items() if v is not None}
     t0 = time.perf_counter()
-    scores = evaluate_pipeline(pipe, args.out, None, None, phrasings=args.phrasings, **call)
+    scores = evaluate_pipeline(pipe, args.out, None, None, phrasings=args.phrasings, split=args.split,
+                                **call)
     seconds = time.perf_counter() - t0
     scores["seconds"] = seconds
     args.out.mkdir(parents=True, exist_ok=True)

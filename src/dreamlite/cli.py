@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -133,6 +134,23 @@ def cmd_train_run(args: argparse.Namespace) -> None:
     model = run_recipe(recipe, run_dir, resume=args.resume, evaluate=not args.no_eval,
                        stop_after_steps=args.stop_after)
     print(f"run folder: {run_dir}; model: {model}")
+
+
+def cmd_soup(args: argparse.Namespace) -> None:
+    from dreamlite.train.soup import SOUP_FILE, make_soup
+
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(x) for x in args.weights.split(",")]
+        except ValueError:
+            raise UserError(f"--weights must be comma-separated numbers such as 2,1,1, "
+                            f"got {args.weights!r}") from None
+    out = make_soup(args.models, args.out, weights, args.variant)
+    config = json.loads((out / SOUP_FILE).read_text())
+    print(f"wrote {out} ({config['variant']} U-Net averaged):")
+    for folder, w in zip(config["ingredients"], config["weights"]):
+        print(f"  {w:.3f}  {folder}")
 
 
 def cmd_train_vae(args: argparse.Namespace) -> None:
@@ -420,6 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", help="edit instruction")
     _add_sampling_args(p, edit=True)
     p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("soup", help="average the U-Nets of models fine-tuned from one start (a model soup)")
+    p.add_argument("models", nargs="+", help="model folders (two or more; the first is copied for the rest)")
+    p.add_argument("--out", required=True, help="output model folder (must not exist or be empty)")
+    p.add_argument("--weights", help="comma-separated weights, one per model (default: equal); normalised to sum 1")
+    p.add_argument("--variant", choices=["base", "mobile"], help="the U-Net to average (default: each model's default)")
+    p.set_defaults(func=cmd_soup)
 
     p = sub.add_parser("demo", help="contact sheet of generations and edits, subset scores, seconds per image")
     p.add_argument("-o", "--output", default="demo.png", help="contact sheet PNG (default demo.png)")

@@ -37,3 +37,25 @@ def test_heldout_benchmarks_reword_every_prompt_and_score_their_ground_truth(tmp
     imgedit.write_ground_truth(items, tmp_path / "gt")
     summary = imgedit.run(items, tmp_path / "gt", images_dir=tmp_path / "gt")
     assert summary.success == 1.0 and summary.preservation > 0.99
+
+
+def test_validation_split_is_another_draw_of_the_same_benchmarks(tmp_path):
+    from dreamlite.shapes import tasks
+
+    seeds = [tasks.GENEVAL_BENCH_SEED, tasks.IMGEDIT_BENCH_SEED, tasks.GENEVAL_HELDOUT_SEED,
+             tasks.IMGEDIT_HELDOUT_SEED, tasks.GENEVAL_VAL_SEED, tasks.IMGEDIT_VAL_SEED]
+    assert len(set(seeds)) == len(seeds) and min(seeds) >= RESERVED_SEED_START
+    bench = build.geneval_rows()
+    rows, path = build.write_validation(tmp_path / "val", per_type=2)
+    assert [r["tag"] for r in rows] == [r["tag"] for r in bench]  # the same tags in the same turns
+    assert sum(r == b for r, b in zip(rows, bench)) < 0.1 * len(rows)  # other scenes, not the benchmark's
+    assert rows == build.write_validation(tmp_path / "again", per_type=2)[0]  # the same rows every run
+    held, _ = build.write_validation(tmp_path / "held", "heldout", per_type=1)
+    assert all(h["prompt"] != r["prompt"] for h, r in zip(held, rows))
+    items = imgedit.load_bench(path)
+    assert sorted(i.edit_type for i in items) == sorted(list(EDIT_TYPES) * 2)
+    imgedit.write_ground_truth(items, tmp_path / "gt")
+    summary = imgedit.run(items, tmp_path / "gt", images_dir=tmp_path / "gt")
+    assert summary.success == 1.0 and summary.preservation > 0.99
+    g = geneval.run(rows[:60], tmp_path / "gen", generate_fn=geneval.ground_truth_fn(rows[:60]), samples_per_prompt=1)
+    assert g.overall == 1.0  # every validation prompt is drawable and scored by the same rules

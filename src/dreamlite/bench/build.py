@@ -13,6 +13,10 @@ The held-out-phrasing benchmarks are built on demand (``write_heldout``), not sh
 every prompt re-worded from the held-out templates (same clauses, same scoring), and 240 further edits drawn
 with held-out instructions - words no training, RL or distillation prompt uses, so a model that learned the
 world scores about as well there, and one that learned its training wordings does not.
+
+The validation split (``write_validation``) is built on demand too: as many prompts and edits again from their
+own reserved streams, so that choosing among models (a checkpoint, soup weights) never reads the benchmark and
+the benchmark's numbers stay an unbiased test of the choice.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from dreamlite.bench.imgedit import BENCH_DIR
 from dreamlite.shapes.edits import EDIT_TYPES, EditCase, sample_edit_case
 from dreamlite.shapes.render import render_batch
 from dreamlite.shapes.spec import TAGS, PromptSpec, rephrase, sample_spec
-from dreamlite.shapes.tasks import (GENEVAL_BENCH_SEED, GENEVAL_HELDOUT_SEED, IMGEDIT_BENCH_SEED,
-                                     IMGEDIT_HELDOUT_SEED)
+from dreamlite.shapes.tasks import (GENEVAL_BENCH_SEED, GENEVAL_HELDOUT_SEED, GENEVAL_VAL_SEED,
+                                     IMGEDIT_BENCH_SEED, IMGEDIT_HELDOUT_SEED, IMGEDIT_VAL_SEED)
 
 PER_TAG = 100
 PER_TYPE = 30
@@ -82,6 +86,15 @@ def write_imgedit(cases: list[EditCase], bench: Path) -> Path:
 def write_heldout(rows: list[dict], bench: Path, per_type: int = PER_TYPE) -> tuple[list[dict], Path]:
     """The held-out-phrasing benchmarks: (``rows`` re-worded, path of an ImgEdit folder written under ``bench``)."""
     return heldout_geneval_rows(rows), write_imgedit(imgedit_cases(IMGEDIT_HELDOUT_SEED, per_type, "heldout"), bench)
+
+
+def write_validation(bench: Path, phrasings: str = "canonical", per_tag: int = PER_TAG,
+                     per_type: int = PER_TYPE) -> tuple[list[dict], Path]:
+    """The validation split: (GenEval rows from ``GENEVAL_VAL_SEED``, path of an ImgEdit folder of edits from
+    ``IMGEDIT_VAL_SEED`` written under ``bench``); ``phrasings`` "heldout" re-words both like ``write_heldout``."""
+    rows = geneval_rows(GENEVAL_VAL_SEED, per_tag)
+    cases = imgedit_cases(IMGEDIT_VAL_SEED, per_type, phrasings)
+    return (heldout_geneval_rows(rows) if phrasings == "heldout" else rows), write_imgedit(cases, bench)
 
 
 if __name__ == "__main__":

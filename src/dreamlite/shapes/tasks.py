@@ -30,6 +30,10 @@ IMGEDIT_BENCH_SEED = RESERVED_SEED_START + 2
 # re-worded, and a second set of edits, each from its own reserved stream.
 GENEVAL_HELDOUT_SEED = RESERVED_SEED_START + 3
 IMGEDIT_HELDOUT_SEED = RESERVED_SEED_START + 4
+# The validation split (``full_eval.py --split val``): 600 other GenEval-style prompts and 240 other edits from
+# the same generators, for choosing among models (checkpoints, soup weights) without looking at the benchmark.
+GENEVAL_VAL_SEED = RESERVED_SEED_START + 5
+IMGEDIT_VAL_SEED = RESERVED_SEED_START + 6
 
 
 def check_training_seed(seed: int) -> int:

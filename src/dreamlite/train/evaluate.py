@@ -62,18 +62,25 @@ def stratified(items: list, key: Callable, limit: int | None) -> list:
 
 
 def evaluate_pipeline(pipe: DreamLitePipeline, outdir: Path, geneval_limit: int | None, imgedit_limit: int | None,
-                      samples_per_prompt: int = 1, phrasings: str = "canonical", **call_kwargs) -> dict[str, float]:
+                      samples_per_prompt: int = 1, phrasings: str = "canonical", split: str = "test",
+                      **call_kwargs) -> dict[str, float]:
     """GenEval-Shapes and ImgEdit-Shapes (stratified subsets when limited); returns flat scores. ``phrasings``
     "heldout": the same GenEval rows re-worded and a second edit set, in words no training prompt uses
-    (``dreamlite.bench.build.write_heldout``; its edits are written under ``outdir/imgedit_bench``)."""
+    (``dreamlite.bench.build.write_heldout``). ``split`` "val": other prompts and edits of the same kind, for
+    choosing among models without reading the benchmark (``build.write_validation``). Generated edit sets are
+    written under ``outdir/imgedit_bench``."""
     from dreamlite.bench import build, geneval, imgedit
 
     if phrasings not in ("canonical", "heldout"):
         raise ValueError(f"phrasings must be 'canonical' or 'heldout', got {phrasings!r}")
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' (the benchmark) or 'val' (the validation split), got {split!r}")
     generate_fn, edit_fn = model_fns(pipe, **call_kwargs)
     rows = geneval.load_metadata(geneval.default_metadata_path())
     bench = imgedit.default_bench_path()
-    if phrasings == "heldout":
+    if split == "val":
+        rows, bench = build.write_validation(outdir / "imgedit_bench", phrasings)
+    elif phrasings == "heldout":
         rows, bench = build.write_heldout(rows, outdir / "imgedit_bench")
     rows = stratified(rows, lambda r: r["tag"], geneval_limit)
     g = geneval.run(rows, outdir / "geneval", generate_fn=generate_fn, samples_per_prompt=samples_per_prompt,

@@ -1,0 +1,172 @@
+"""Model soups: the weighted mean of U-Nets fine-tuned from one start (Wortsman et al., 2022, "Model soups").
+
+Models that share a pretrained start and differ by fine-tuning (our RL rounds and consolidation stages all
+descend from one base) tend to lie in one basin of the loss, so the mean of their weights is itself a good
+model, often better than each ingredient: the rounds' independent drifts partly cancel while what they agree on
+stays. Averaging is ours to write (a weighted sum of state dicts); what matters is refusing ingredients that do
+not describe the same function family - another network config, another VAE (another latent space) or another
+text encoder (other text states) - and writing the result atomically.
+
+``make_soup`` reads the chosen variant's U-Net of each ingredient folder and writes a copy of the first folder
+with that U-Net replaced by the mean, plus ``soup.json`` (the ingredients, their weights and the SHA-256 of each
+ingredient's weights file). Choose ingredients and weights on the validation split (``full_eval.py --split
+val``), never on the benchmark.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+SOUP_FILE = "soup.json"
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+
+
+@dataclass(frozen=True)
+class SoupConfig:
+    """What a soup was made of; written to ``soup.json`` in the soup's folder."""
+
+    ingredients: tuple[str, ...]
+    weights: tuple[float, ...]  # normalised to sum 1
+    variant: str  # the variant whose U-Net was averaged (its folder per ingredient comes from dreamlite.json)
+    sha256: tuple[str, ...] = ()  # of each ingredient's U-Net weights file
+
+    def __post_init__(self) -> None:
+        if len(self.ingredients) < 2:
+            raise ValueError(f"a soup needs at least two ingredients, got {len(self.ingredients)}")
+        if len(self.weights) != len(self.ingredients):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.ingredients)} ingredients")
+
+
+def normalised_weights(n: int, weights: list[float] | None = None) -> tuple[float, ...]:
+    """``weights`` (default: uniform) scaled to sum 1; an error for a wrong count, a negative or an all-zero set."""
+    w = [1.0] * n if weights is None else [float(x) for x in weights]
+    if len(w) != n:
+        raise ValueError(f"{len(w)} weights for {n} ingredients")
+    if any(x < 0 for x in w) or sum(w) <= 0:
+        raise ValueError(f"soup weights must be >= 0 with a positive sum, got {w}")
+    return tuple(x / sum(w) for x in w)
+
+
+def average_states(states: list[dict[str, torch.Tensor]], weights: tuple[float, ...]) -> dict[str, torch.Tensor]:
+    """sum_i w_i * state_i per tensor, accumulated in float64 and stored in the first state's dtypes.
+    Every state must hold the same names and shapes; integer buffers must agree (they are counters, not weights)."""
+    first = states[0]
+    for i, s in enumerate(states[1:], 1):
+        if s.keys() != first.keys():
+            extra, missing = sorted(s.keys() - first.keys()), sorted(first.keys() - s.keys())
+            raise ValueError(f"ingredient {i} has other weights than ingredient 0: extra {extra[:5]}, "
+                             f"missing {missing[:5]}")
+        bad = [k for k in first if s[k].shape != first[k].shape]
+        if bad:
+            raise ValueError(f"ingredient {i}: shape of {bad[0]} is {tuple(s[bad[0]].shape)}, ingredient 0's is "
+                             f"{tuple(first[bad[0]].shape)}")
+    out = {}
+    for k, ref in first.items():
+        if ref.is_floating_point():
+            acc = sum(w * s[k].double() for w, s in zip(weights, states))  # (same shape as ref)
+            out[k] = acc.to(ref.dtype).contiguous()
+        else:
+            if any(not torch.equal(s[k], ref) for s in states[1:]):
+                raise ValueError(f"integer buffer {k} differs between ingredients; it cannot be averaged")
+            out[k] = ref.clone()
+    return out
+
+
+def _unet_dir(folder: Path, variant: str | None) -> tuple[str, Path]:
+    """(variant name, its U-Net folder) of a pipeline folder; ``variant`` None = the folder's default."""
+    from dreamlite.pipeline import CONFIG_NAME, PipelineDefaults
+
+    cfg = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise FileNotFoundError(f"soup ingredient not found: {folder}")
+    defaults = PipelineDefaults.from_dict(json.loads(cfg.read_text())) if cfg.is_file() else PipelineDefaults()
+    name = variant or defaults.default_variant
+    if name not in defaults.variants:
+        raise ValueError(f"soup ingredient {folder} has no variant {name!r}; it has {sorted(defaults.variants)}")
+    unet_dir = folder / defaults.variants[name].unet_folder
+    if not (unet_dir / "config.json").is_file() or not (unet_dir / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"soup ingredient {folder}: {unet_dir.name}/ lacks config.json or {WEIGHTS_FILE}")
+    return name, unet_dir
+
+
+def _network_config(unet_dir: Path) -> dict:
+    cfg = json.loads((unet_dir / "config.json").read_text())
+    if cfg.get("_class_name") != "MobileUNet":
+        raise ValueError(f"{unet_dir}: soups average dreamlite MobileUNet folders, got {cfg.get('_class_name')!r} "
+                         "(convert an official checkpoint first: `dreamlite convert-official`)")
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def _check_same_family(first: Path, other: Path) -> None:
+    """The parts a U-Net reads must be the same: the VAE's weights (the latent space) and the text encoder."""
+    for part in ("text_encoder/spec.json", "vae/config.json"):
+        a, b = first / part, other / part
+        if a.is_file() != b.is_file() or (a.is_file() and json.loads(a.read_text()) != json.loads(b.read_text())):
+            raise ValueError(f"soup ingredients {first} and {other} differ in {part}: their U-Nets read other inputs")
+    a, b = first / "vae" / WEIGHTS_FILE, other / "vae" / WEIGHTS_FILE
+    if a.is_file() and b.is_file():
+        va, vb = load_file(str(a)), load_file(str(b))
+        if va.keys() != vb.keys() or any(not torch.equal(va[k], vb[k]) for k in va):
+            raise ValueError(f"soup ingredients {first} and {other} have different VAE weights (other latent spaces)")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def make_soup(ingredients: list[str | Path], out: str | Path, weights: list[float] | None = None,
+              variant: str | None = None) -> Path:
+    """Write ``out``: a copy of the first ingredient folder whose ``variant`` U-Net is the weighted mean of every
+    ingredient's, and ``soup.json``. Atomic: a temporary folder renamed at the end; an existing non-empty ``out``
+    is an error."""
+    folders = [Path(p) for p in ingredients]
+    w = normalised_weights(len(folders), weights)
+    dirs = [_unet_dir(f, variant) for f in folders]
+    name = dirs[0][0]
+    configs = [_network_config(d) for _, d in dirs]
+    for f, cfg in zip(folders[1:], configs[1:]):
+        diff = sorted(k for k in cfg.keys() | configs[0].keys() if cfg.get(k) != configs[0].get(k))
+        if diff:
+            raise ValueError(f"soup ingredient {f}: its U-Net differs from {folders[0]}'s in {diff}")
+        _check_same_family(folders[0], f)
+    config = SoupConfig(tuple(str(f) for f in folders), w, name, tuple(_sha256(d / WEIGHTS_FILE) for _, d in dirs))
+    states = [load_file(str(d / WEIGHTS_FILE)) for _, d in dirs]
+    soup = average_states(states, w)
+    with safe_open(str(dirs[0][1] / WEIGHTS_FILE), "pt") as f:
+        metadata = f.metadata()
+    return _write(folders[0], dirs[0][1].name, soup, metadata, config, Path(out))
+
+
+def _write(template: Path, unet_folder: str, soup: dict[str, torch.Tensor], metadata: dict | None,
+           config: SoupConfig, dst: Path) -> Path:
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise FileExistsError(f"{dst} exists and is not empty; refusing to overwrite")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        for item in template.iterdir():
+            if item.name in (SOUP_FILE,) or item.name.startswith("."):
+                continue
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+        save_file(soup, str(tmp / unet_folder / WEIGHTS_FILE), metadata=metadata)
+        (tmp / SOUP_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
+        if dst.exists():
+            dst.rmdir()
+        tmp.rename(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
