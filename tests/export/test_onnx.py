@@ -57,17 +57,22 @@ def encoder():
     return MiniLMTextEncoder.from_pretrained()
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, encoder):
+def make_model_dir(root, encoder, unet_config=UNET):
+    """The tiny pipeline folder the export tests share, with ``unet_config`` over the ``tiny`` preset."""
     torch.manual_seed(0)
     vae = make_vae(VAEConfig(image_size=32)).eval()
     with torch.no_grad():  # a random decoder is nearly flat (pixel std ~5); gain makes pixel errors visible
         vae.decoder.layers[-1].weight.mul_(10.0)
     c = vae.config.latent_channels
-    unet = MobileUNet.from_preset("tiny", in_channels=c, out_channels=c, **UNET).eval()
+    unet = MobileUNet.from_preset("tiny", in_channels=c, out_channels=c, **unet_config).eval()
     defaults = PipelineDefaults(resolution=(32, 32), variants={"base": VariantDefaults("unet", 2, 2.0, 1.5)})
     pipe = DreamLitePipeline(unet=unet, vae=vae, text_encoder=encoder, defaults=defaults)
-    return pipe.save_pretrained(tmp_path_factory.mktemp("onnx") / "model")
+    return pipe.save_pretrained(root / "model")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, encoder):
+    return make_model_dir(tmp_path_factory.mktemp("onnx"), encoder)
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +321,8 @@ def test_quantized_files_are_smaller_and_close(precision, ops, unet_bound, text_
     rel_text = ((h - h_ref).norm() / h_ref.norm()).item()
     keep = mask_t.bool()
     cos = torch.nn.functional.cosine_similarity(h[keep], h_ref[keep], dim=-1).min().item()
-    print(f"{precision} U-Net relative error {rel:.4f}; MiniLM relative error {rel_text:.4f}, min token cosine {cos:.4f}")
+    print(f"{precision} U-Net relative error {rel:.4f}; MiniLM relative error {rel_text:.4f}, "
+          f"min token cosine {cos:.4f}")
     assert 1e-5 < rel < unet_bound  # quantized, and close
     assert 1e-5 < rel_text < text_bound and cos > min_cos
 

@@ -150,6 +150,19 @@ SHAPES_TINY_CONSOLIDATE8 = replace(
     corpus=replace(SHAPES_TINY_CONSOLIDATE6.corpus, seed=840_000),
     stages=(replace(SHAPES_TINY_CONSOLIDATE6.stages[0], name="consolidate8"),))
 
+# Session 21. More ingredients for a model soup (`dreamlite soup`, BENCHMARKS.md "Model soups"): the uniform soup
+# of the three consolidated bases (consolidate5, -6, -8), chosen on the validation split, gained GenEval and kept
+# editing; these two are consolidate6's and consolidate8's stages again on fresh corpora (seeds 850000, 860000), so
+# the soup can average five consolidated bases.
+SHAPES_TINY_CONSOLIDATE9 = replace(
+    SHAPES_TINY_CONSOLIDATE6, name="shapes-tiny-consolidate9",
+    corpus=replace(SHAPES_TINY_CONSOLIDATE6.corpus, seed=850_000),
+    stages=(replace(SHAPES_TINY_CONSOLIDATE6.stages[0], name="consolidate9"),))
+SHAPES_TINY_CONSOLIDATE10 = replace(
+    SHAPES_TINY_CONSOLIDATE8, name="shapes-tiny-consolidate10",
+    corpus=replace(SHAPES_TINY_CONSOLIDATE8.corpus, seed=860_000),
+    stages=(replace(SHAPES_TINY_CONSOLIDATE8.stages[0], name="consolidate10"),))
+
 # The student's next round starts from `-keep` (GenEval 0.742; its edits equal rl3's on seed offset 1000) with the
 # binding-weighted stage of rl3 (preservation did not answer the squared reward), at a fresh rollout seed. It drifted
 # (0.29 at iteration 180, 1.67 at 260, where the guard stopped it): GenEval 0.640, not shipped.
@@ -198,5 +211,7 @@ RECIPES = {"shapes-tiny-consolidate": SHAPES_TINY_CONSOLIDATE, "shapes-tiny-cons
            "shapes-tiny-consolidate6": SHAPES_TINY_CONSOLIDATE6,
            "shapes-tiny-consolidate7": SHAPES_TINY_CONSOLIDATE7,
            "shapes-tiny-consolidate8": SHAPES_TINY_CONSOLIDATE8,
+           "shapes-tiny-consolidate9": SHAPES_TINY_CONSOLIDATE9,
+           "shapes-tiny-consolidate10": SHAPES_TINY_CONSOLIDATE10,
            "shapes-tiny-consolidate-mobile-bind-keep2": SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_KEEP2,
            "shapes-tiny-consolidate-mobile-bind-keep": SHAPES_TINY_CONSOLIDATE_MOBILE_BIND_KEEP}
