@@ -1,10 +1,11 @@
 """The full benchmarks of one model folder: all 600 GenEval-Shapes prompts (one image each) and all 240
 ImgEdit-Shapes edits (with ``--phrasings heldout``: the same prompts re-worded and 240 other edits, in words no
-training prompt uses; with ``--split val``: 600 other prompts and 240 other edits, the validation split
-that chooses among models so that the benchmark stays a test), sampled as the chosen variant's defaults (the
-shipped base: 20 steps, guidance 3.0 / 2.5; mobile: 4 steps, no guidance), unless ``--steps`` / ``--guidance`` / ``--image-guidance`` say otherwise. The same
-seeds every run, so two models (or two settings) differ only by the model. Prints one row of scores per tag / edit
-type and the seconds taken, and writes ``scores.json`` beside the benchmark folders (``OUT/geneval``, ``OUT/imgedit``).
+training prompt uses; with ``--split val``: 600 rows and 240 edits drawn again, sampled from other noise, the
+validation split that chooses among models so that the benchmark stays a test), sampled as the chosen variant's
+defaults (the shipped base: 20 steps, guidance 3.0 / 2.5; mobile: 4 steps, no guidance), unless ``--steps`` /
+``--guidance`` / ``--image-guidance`` say otherwise. The same seeds every run, so two models (or two settings)
+differ only by the model. Prints one row of scores per tag / edit type and the seconds taken, and writes
+``scores.json`` beside the benchmark folders (``OUT/geneval``, ``OUT/imgedit``).
 
     python benchmarks/full_eval.py checkpoints/dreamlite-tiny-shapes runs/fulleval-base
     python benchmarks/full_eval.py checkpoints/dreamlite-tiny-shapes runs/fulleval-mobile --variant mobile
@@ -38,8 +39,8 @@ def main() -> None:
     ap.add_argument("--phrasings", choices=("canonical", "heldout"), default="canonical",
                     help="heldout: GenEval's rows re-worded and 240 other edits, in words no training prompt uses")
     ap.add_argument("--split", choices=("test", "val"), default="test",
-                    help="val: 600 other prompts and 240 other edits, for choosing among models (soup weights, "
-                         "checkpoints) without reading the benchmark")
+                    help="val: 600 rows and 240 edits drawn again and sampled from other noise, for choosing among "
+                         "models (soup weights, checkpoints) without reading the benchmark")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -440,10 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser("soup", help="average the U-Nets of models fine-tuned from one start (a model soup)")
-    p.add_argument("models", nargs="+", help="model folders (two or more; the first is copied for the rest)")
+    p.add_argument("models", nargs="+", help="model folders (two or more); the first supplies everything but the "
+                                             "averaged U-Net (VAE, scheduler, text encoder, other variants)")
     p.add_argument("--out", required=True, help="output model folder (must not exist or be empty)")
     p.add_argument("--weights", help="comma-separated weights, one per model (default: equal); normalised to sum 1")
-    p.add_argument("--variant", choices=["base", "mobile"], help="the U-Net to average (default: each model's default)")
+    p.add_argument("--variant", choices=["base", "mobile"],
+                   help="the variant whose U-Net is averaged, the same in every model (default: the first model's "
+                        "default variant)")
     p.set_defaults(func=cmd_soup)
 
     p = sub.add_parser("demo", help="contact sheet of generations and edits, subset scores, seconds per image")

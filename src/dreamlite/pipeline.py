@@ -20,8 +20,6 @@ converted on the fly by ``dreamlite.models.official``.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -132,20 +130,11 @@ class DreamLitePipeline(DiffusionPipeline):
                         **_: Any) -> Path:
         """Write the whole folder atomically (temp folder, then rename). ``weights_dtype`` (e.g. float16) stores
         the U-Net weights in that dtype to halve the folder; ``from_pretrained`` loads them back as float32."""
-        dst = Path(save_directory)
-        if dst.exists() and any(dst.iterdir()):
-            raise FileExistsError(f"{dst} exists and is not empty; refusing to overwrite")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-        try:
+        from dreamlite.paths import atomic_folder
+
+        with atomic_folder(save_directory) as tmp:
             self._write(tmp, weights_dtype)
-            if dst.exists():
-                dst.rmdir()
-            tmp.rename(dst)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return dst
+        return Path(save_directory)
 
     def _write(self, root: Path, weights_dtype: torch.dtype | None = None) -> None:
         unets = {self.defaults.variants[self.variant].unet_folder: self.unet}

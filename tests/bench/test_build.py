@@ -48,7 +48,9 @@ def test_validation_split_is_another_draw_of_the_same_benchmarks(tmp_path):
     bench = build.geneval_rows()
     rows, path = build.write_validation(tmp_path / "val", per_type=2)
     assert [r["tag"] for r in rows] == [r["tag"] for r in bench]  # the same tags in the same turns
-    assert sum(r == b for r, b in zip(rows, bench)) < 0.1 * len(rows)  # other scenes, not the benchmark's
+    # another draw: prompt texts recur (the world is small), rarely at the same place; the noise differs too
+    # (tests/train/test_evaluate.py)
+    assert sum(r == b for r, b in zip(rows, bench)) < 0.1 * len(rows)
     assert rows == build.write_validation(tmp_path / "again", per_type=2)[0]  # the same rows every run
     held, _ = build.write_validation(tmp_path / "held", "heldout", per_type=1)
     assert all(h["prompt"] != r["prompt"] for h, r in zip(held, rows))

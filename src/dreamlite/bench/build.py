@@ -14,9 +14,10 @@ every prompt re-worded from the held-out templates (same clauses, same scoring),
 with held-out instructions - words no training, RL or distillation prompt uses, so a model that learned the
 world scores about as well there, and one that learned its training wordings does not.
 
-The validation split (``write_validation``) is built on demand too: as many prompts and edits again from their
-own reserved streams, so that choosing among models (a checkpoint, soup weights) never reads the benchmark and
-the benchmark's numbers stay an unbiased test of the choice.
+The validation split (``write_validation``) is built on demand too: as many rows and edits drawn again from
+their own reserved streams (prompt texts recur in so small a world; the edits' scenes do not) and sampled from
+other starting noise (``evaluate_pipeline(split="val")``), so that choosing among models (a checkpoint, soup
+weights) never reads the benchmark's images and the benchmark's numbers stay a test of the choice.
 """
 
 from __future__ import annotations

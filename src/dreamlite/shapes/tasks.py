@@ -30,10 +30,14 @@ IMGEDIT_BENCH_SEED = RESERVED_SEED_START + 2
 # re-worded, and a second set of edits, each from its own reserved stream.
 GENEVAL_HELDOUT_SEED = RESERVED_SEED_START + 3
 IMGEDIT_HELDOUT_SEED = RESERVED_SEED_START + 4
-# The validation split (``full_eval.py --split val``): 600 other GenEval-style prompts and 240 other edits from
-# the same generators, for choosing among models (checkpoints, soup weights) without looking at the benchmark.
+# The validation split (``full_eval.py --split val``): 600 GenEval-style rows and 240 edits drawn again from the
+# same generators, for choosing among models (checkpoints, soup weights) without looking at the benchmark. The
+# world is small, so most GenEval prompt texts recur (every two_object prompt is one of 20); what makes the split
+# another sample is its rows' order, its edits' scenes and its own starting noise (``VAL_NOISE_SEED``: image i of
+# the split is sampled from seed VAL_NOISE_SEED + i, the benchmark's from seed i).
 GENEVAL_VAL_SEED = RESERVED_SEED_START + 5
 IMGEDIT_VAL_SEED = RESERVED_SEED_START + 6
+VAL_NOISE_SEED = 500_000
 
 
 def check_training_seed(seed: int) -> int:

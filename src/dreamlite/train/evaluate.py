@@ -17,6 +17,7 @@ from PIL import Image
 
 from dreamlite.pipeline import DreamLitePipeline, PipelineDefaults, VariantDefaults
 from dreamlite.sampling import default_scheduler
+from dreamlite.shapes.tasks import VAL_NOISE_SEED
 from dreamlite.train.config import Recipe
 
 
@@ -66,9 +67,9 @@ def evaluate_pipeline(pipe: DreamLitePipeline, outdir: Path, geneval_limit: int 
                       **call_kwargs) -> dict[str, float]:
     """GenEval-Shapes and ImgEdit-Shapes (stratified subsets when limited); returns flat scores. ``phrasings``
     "heldout": the same GenEval rows re-worded and a second edit set, in words no training prompt uses
-    (``dreamlite.bench.build.write_heldout``). ``split`` "val": other prompts and edits of the same kind, for
-    choosing among models without reading the benchmark (``build.write_validation``). Generated edit sets are
-    written under ``outdir/imgedit_bench``."""
+    (``dreamlite.bench.build.write_heldout``). ``split`` "val": rows and edits drawn again, sampled from other
+    starting noise, for choosing among models without reading the benchmark (``build.write_validation``).
+    Generated edit sets are written under ``outdir/imgedit_bench``."""
     from dreamlite.bench import build, geneval, imgedit
 
     if phrasings not in ("canonical", "heldout"):
@@ -78,15 +79,17 @@ def evaluate_pipeline(pipe: DreamLitePipeline, outdir: Path, geneval_limit: int 
     generate_fn, edit_fn = model_fns(pipe, **call_kwargs)
     rows = geneval.load_metadata(geneval.default_metadata_path())
     bench = imgedit.default_bench_path()
+    noise_seed = 0
     if split == "val":
         rows, bench = build.write_validation(outdir / "imgedit_bench", phrasings)
+        noise_seed = VAL_NOISE_SEED
     elif phrasings == "heldout":
         rows, bench = build.write_heldout(rows, outdir / "imgedit_bench")
     rows = stratified(rows, lambda r: r["tag"], geneval_limit)
     g = geneval.run(rows, outdir / "geneval", generate_fn=generate_fn, samples_per_prompt=samples_per_prompt,
-                    batch_size=64)
+                    seed=noise_seed, batch_size=64)
     items = stratified(imgedit.load_bench(bench), lambda i: i.edit_type, imgedit_limit)
-    e = imgedit.run(items, outdir / "imgedit", edit_fn=edit_fn, batch_size=64)
+    e = imgedit.run(items, outdir / "imgedit", edit_fn=edit_fn, seed=noise_seed, batch_size=64)
     return {"geneval": g.overall, **{f"geneval/{t.tag}": t.accuracy for t in g.tags},
             "imgedit_success": e.success, "imgedit_preservation": e.preservation, "imgedit_score": e.score,
             **{f"imgedit/{t.edit_type}": t.success for t in e.types}}

@@ -7,19 +7,21 @@ stays. Averaging is ours to write (a weighted sum of state dicts); what matters 
 not describe the same function family - another network config, another VAE (another latent space) or another
 text encoder (other text states) - and writing the result atomically.
 
-``make_soup`` reads the chosen variant's U-Net of each ingredient folder and writes a copy of the first folder
-with that U-Net replaced by the mean, plus ``soup.json`` (the ingredients, their weights and the SHA-256 of each
-ingredient's weights file). Choose ingredients and weights on the validation split (``full_eval.py --split
-val``), never on the benchmark.
+``make_soup`` reads one variant's U-Net of each ingredient folder (``--variant``, else the first folder's default
+variant, the same name in every folder) and writes a model folder: the first folder's model parts (VAE, scheduler,
+text encoder reference, ``dreamlite.json``, every variant's U-Net) with that U-Net replaced by the mean, plus
+``soup.json`` (the ingredients, their weights and the SHA-256 of each ingredient's weights file). The first
+folder's other files (training records of a shipped folder) are not copied: they describe it, not the soup.
+Choose ingredients and weights on the validation split (``full_eval.py --split val``), never on the benchmark.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -47,12 +49,13 @@ class SoupConfig:
 
 
 def normalised_weights(n: int, weights: list[float] | None = None) -> tuple[float, ...]:
-    """``weights`` (default: uniform) scaled to sum 1; an error for a wrong count, a negative or an all-zero set."""
+    """``weights`` (default: uniform) scaled to sum 1; an error for a wrong count, a negative, NaN or infinite
+    weight, or an all-zero set."""
     w = [1.0] * n if weights is None else [float(x) for x in weights]
     if len(w) != n:
         raise ValueError(f"{len(w)} weights for {n} ingredients")
-    if any(x < 0 for x in w) or sum(w) <= 0:
-        raise ValueError(f"soup weights must be >= 0 with a positive sum, got {w}")
+    if not all(math.isfinite(x) for x in w) or any(x < 0 for x in w) or sum(w) <= 0:
+        raise ValueError(f"soup weights must be finite and >= 0 with a positive sum, got {w}")
     return tuple(x / sum(w) for x in w)
 
 
@@ -81,9 +84,17 @@ def average_states(states: list[dict[str, torch.Tensor]], weights: tuple[float, 
     return out
 
 
-def _unet_dir(folder: Path, variant: str | None) -> tuple[str, Path]:
-    """(variant name, its U-Net folder) of a pipeline folder; ``variant`` None = the folder's default."""
-    from dreamlite.pipeline import CONFIG_NAME, PipelineDefaults
+@dataclass(frozen=True)
+class _Ingredient:
+    folder: Path
+    variant: str
+    unet_dir: Path
+    text: dict | None  # the text encoder spec this variant's U-Net reads (its text_layer applied)
+
+
+def _ingredient(folder: Path, variant: str | None) -> _Ingredient:
+    """One ingredient's ``variant`` (None = the folder's default): its U-Net folder and the text states it reads."""
+    from dreamlite.pipeline import CONFIG_NAME, PipelineDefaults, read_text_spec
 
     cfg = folder / CONFIG_NAME
     if not folder.is_dir():
@@ -95,7 +106,10 @@ def _unet_dir(folder: Path, variant: str | None) -> tuple[str, Path]:
     unet_dir = folder / defaults.variants[name].unet_folder
     if not (unet_dir / "config.json").is_file() or not (unet_dir / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"soup ingredient {folder}: {unet_dir.name}/ lacks config.json or {WEIGHTS_FILE}")
-    return name, unet_dir
+    spec, layer = read_text_spec(folder), defaults.variants[name].text_layer
+    if spec is not None and layer is not None:
+        spec = replace(spec, layer=layer)
+    return _Ingredient(folder, name, unet_dir, None if spec is None else spec.to_dict())
 
 
 def _network_config(unet_dir: Path) -> dict:
@@ -106,12 +120,18 @@ def _network_config(unet_dir: Path) -> dict:
     return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
 
-def _check_same_family(first: Path, other: Path) -> None:
-    """The parts a U-Net reads must be the same: the VAE's weights (the latent space) and the text encoder."""
-    for part in ("text_encoder/spec.json", "vae/config.json"):
-        a, b = first / part, other / part
-        if a.is_file() != b.is_file() or (a.is_file() and json.loads(a.read_text()) != json.loads(b.read_text())):
-            raise ValueError(f"soup ingredients {first} and {other} differ in {part}: their U-Nets read other inputs")
+def _check_same_family(first: _Ingredient, other: _Ingredient) -> None:
+    """The parts a U-Net reads must be the same: the text states (encoder and layer) and the VAE (the latent space:
+    its config, diffusers' bookkeeping keys aside, and its weights)."""
+    if first.text != other.text:
+        raise ValueError(f"soup ingredients {first.folder} and {other.folder} read other text states: "
+                         f"{first.text} vs {other.text}")
+    a, b = first.folder / "vae" / "config.json", other.folder / "vae" / "config.json"
+    public = lambda path: {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}  # noqa: E731
+    if a.is_file() != b.is_file() or (a.is_file() and public(a) != public(b)):
+        raise ValueError(f"soup ingredients {first.folder} and {other.folder} differ in vae/config.json: their "
+                         "U-Nets read other latents")
+    first, other = first.folder, other.folder
     a, b = first / "vae" / WEIGHTS_FILE, other / "vae" / WEIGHTS_FILE
     if a.is_file() and b.is_file():
         va, vb = load_file(str(a)), load_file(str(b))
@@ -133,40 +153,43 @@ def make_soup(ingredients: list[str | Path], out: str | Path, weights: list[floa
     ingredient's, and ``soup.json``. Atomic: a temporary folder renamed at the end; an existing non-empty ``out``
     is an error."""
     folders = [Path(p) for p in ingredients]
+    if len(folders) < 2:
+        raise ValueError(f"a soup needs at least two ingredients, got {len(folders)}")
     w = normalised_weights(len(folders), weights)
-    dirs = [_unet_dir(f, variant) for f in folders]
-    name = dirs[0][0]
-    configs = [_network_config(d) for _, d in dirs]
-    for f, cfg in zip(folders[1:], configs[1:]):
+    first = _ingredient(folders[0], variant)
+    items = [first] + [_ingredient(f, first.variant) for f in folders[1:]]  # one variant name for all
+    configs = [_network_config(i.unet_dir) for i in items]
+    for item, cfg in zip(items[1:], configs[1:]):
         diff = sorted(k for k in cfg.keys() | configs[0].keys() if cfg.get(k) != configs[0].get(k))
         if diff:
-            raise ValueError(f"soup ingredient {f}: its U-Net differs from {folders[0]}'s in {diff}")
-        _check_same_family(folders[0], f)
-    config = SoupConfig(tuple(str(f) for f in folders), w, name, tuple(_sha256(d / WEIGHTS_FILE) for _, d in dirs))
-    states = [load_file(str(d / WEIGHTS_FILE)) for _, d in dirs]
-    soup = average_states(states, w)
-    with safe_open(str(dirs[0][1] / WEIGHTS_FILE), "pt") as f:
+            raise ValueError(f"soup ingredient {item.folder}: its U-Net differs from {first.folder}'s in {diff}")
+        _check_same_family(first, item)
+    config = SoupConfig(tuple(str(f) for f in folders), w, first.variant,
+                        tuple(_sha256(i.unet_dir / WEIGHTS_FILE) for i in items))
+    soup = average_states([load_file(str(i.unet_dir / WEIGHTS_FILE)) for i in items], w)
+    with safe_open(str(first.unet_dir / WEIGHTS_FILE), "pt") as f:
         metadata = f.metadata()
-    return _write(folders[0], dirs[0][1].name, soup, metadata, config, Path(out))
+    return _write(first, soup, metadata, config, Path(out))
 
 
-def _write(template: Path, unet_folder: str, soup: dict[str, torch.Tensor], metadata: dict | None,
-           config: SoupConfig, dst: Path) -> Path:
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise FileExistsError(f"{dst} exists and is not empty; refusing to overwrite")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
-        for item in template.iterdir():
-            if item.name in (SOUP_FILE,) or item.name.startswith("."):
-                continue
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
-        save_file(soup, str(tmp / unet_folder / WEIGHTS_FILE), metadata=metadata)
+def _write(first: _Ingredient, soup: dict[str, torch.Tensor], metadata: dict | None, config: SoupConfig,
+           dst: Path) -> Path:
+    """The model parts of ``first``'s folder, its averaged U-Net replaced by ``soup`` (stored in the first
+    ingredient's dtypes), and ``soup.json``."""
+    from dreamlite.paths import atomic_folder
+    from dreamlite.pipeline import CONFIG_NAME, PipelineDefaults
+
+    cfg = first.folder / CONFIG_NAME
+    defaults = PipelineDefaults.from_dict(json.loads(cfg.read_text())) if cfg.is_file() else PipelineDefaults()
+    parts = {"model_index.json", CONFIG_NAME, "vae", "scheduler", "text_encoder",
+             *(v.unet_folder for v in defaults.variants.values())}
+    with atomic_folder(dst) as tmp:
+        for name in sorted(parts):
+            item = first.folder / name
+            if item.is_dir():
+                shutil.copytree(item, tmp / name)
+            elif item.is_file():
+                shutil.copy2(item, tmp / name)
+        save_file(soup, str(tmp / first.unet_dir.name / WEIGHTS_FILE), metadata=metadata)
         (tmp / SOUP_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
-        if dst.exists():
-            dst.rmdir()
-        tmp.rename(dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dst
