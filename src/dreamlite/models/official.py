@@ -11,8 +11,6 @@ every key and shape, then write ``config.json`` + ``diffusion_pytorch_model.safe
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from dreamlite.models.unet import MobileUNet
+from dreamlite.paths import atomic_folder
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -201,14 +200,6 @@ def convert_official(src: str | Path, dst: str | Path, config: str | Path | None
     if dst.exists() and any(dst.iterdir()) if dst.is_dir() else dst.exists():
         raise ConversionError(f"destination {dst} exists and is not empty; refusing to overwrite")
     model = load_official(src, config)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    with atomic_folder(dst) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        if dst.exists():
-            dst.rmdir()
-        tmp.rename(dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return model

@@ -28,6 +28,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from dreamlite.paths import atomic_folder
+
 SOUP_FILE = "soup.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 
@@ -42,8 +44,6 @@ class SoupConfig:
     sha256: tuple[str, ...] = ()  # of each ingredient's U-Net weights file
 
     def __post_init__(self) -> None:
-        if len(self.ingredients) < 2:
-            raise ValueError(f"a soup needs at least two ingredients, got {len(self.ingredients)}")
         if len(self.weights) != len(self.ingredients):
             raise ValueError(f"{len(self.weights)} weights for {len(self.ingredients)} ingredients")
 
@@ -90,6 +90,7 @@ class _Ingredient:
     variant: str
     unet_dir: Path
     text: dict | None  # the text encoder spec this variant's U-Net reads (its text_layer applied)
+    unet_folders: tuple[str, ...]  # every variant's U-Net folder (model parts a soup keeps from its first folder)
 
 
 def _ingredient(folder: Path, variant: str | None) -> _Ingredient:
@@ -109,7 +110,8 @@ def _ingredient(folder: Path, variant: str | None) -> _Ingredient:
     spec, layer = read_text_spec(folder), defaults.variants[name].text_layer
     if spec is not None and layer is not None:
         spec = replace(spec, layer=layer)
-    return _Ingredient(folder, name, unet_dir, None if spec is None else spec.to_dict())
+    return _Ingredient(folder, name, unet_dir, None if spec is None else spec.to_dict(),
+                       tuple(v.unet_folder for v in defaults.variants.values()))
 
 
 def _network_config(unet_dir: Path) -> dict:
@@ -131,12 +133,12 @@ def _check_same_family(first: _Ingredient, other: _Ingredient) -> None:
     if a.is_file() != b.is_file() or (a.is_file() and public(a) != public(b)):
         raise ValueError(f"soup ingredients {first.folder} and {other.folder} differ in vae/config.json: their "
                          "U-Nets read other latents")
-    first, other = first.folder, other.folder
-    a, b = first / "vae" / WEIGHTS_FILE, other / "vae" / WEIGHTS_FILE
+    a, b = first.folder / "vae" / WEIGHTS_FILE, other.folder / "vae" / WEIGHTS_FILE
     if a.is_file() and b.is_file():
         va, vb = load_file(str(a)), load_file(str(b))
         if va.keys() != vb.keys() or any(not torch.equal(va[k], vb[k]) for k in va):
-            raise ValueError(f"soup ingredients {first} and {other} have different VAE weights (other latent spaces)")
+            raise ValueError(f"soup ingredients {first.folder} and {other.folder} have different VAE weights "
+                             "(other latent spaces)")
 
 
 def _sha256(path: Path) -> str:
@@ -149,9 +151,9 @@ def _sha256(path: Path) -> str:
 
 def make_soup(ingredients: list[str | Path], out: str | Path, weights: list[float] | None = None,
               variant: str | None = None) -> Path:
-    """Write ``out``: a copy of the first ingredient folder whose ``variant`` U-Net is the weighted mean of every
-    ingredient's, and ``soup.json``. Atomic: a temporary folder renamed at the end; an existing non-empty ``out``
-    is an error."""
+    """Write ``out``: the first ingredient's model parts with its ``variant`` U-Net replaced by the weighted mean of
+    every ingredient's, and ``soup.json``. Atomic: a temporary folder renamed at the end; an existing non-empty
+    ``out`` is an error."""
     folders = [Path(p) for p in ingredients]
     if len(folders) < 2:
         raise ValueError(f"a soup needs at least two ingredients, got {len(folders)}")
@@ -176,13 +178,9 @@ def _write(first: _Ingredient, soup: dict[str, torch.Tensor], metadata: dict | N
            dst: Path) -> Path:
     """The model parts of ``first``'s folder, its averaged U-Net replaced by ``soup`` (stored in the first
     ingredient's dtypes), and ``soup.json``."""
-    from dreamlite.paths import atomic_folder
-    from dreamlite.pipeline import CONFIG_NAME, PipelineDefaults
+    from dreamlite.pipeline import CONFIG_NAME
 
-    cfg = first.folder / CONFIG_NAME
-    defaults = PipelineDefaults.from_dict(json.loads(cfg.read_text())) if cfg.is_file() else PipelineDefaults()
-    parts = {"model_index.json", CONFIG_NAME, "vae", "scheduler", "text_encoder",
-             *(v.unet_folder for v in defaults.variants.values())}
+    parts = {"model_index.json", CONFIG_NAME, "vae", "scheduler", "text_encoder", *first.unet_folders}
     with atomic_folder(dst) as tmp:
         for name in sorted(parts):
             item = first.folder / name
