@@ -34,7 +34,7 @@ def _spelled(bank, i: int) -> str:
 def test_t2i_pool_with_twins_points_each_binding_prompt_at_its_twin(tmp_path):
     seed, n = 31, 48
     pool = build_pool("t2i", n, seed, 32, tiny_vae(), SpellingEncoder(), workers=1, progress=False, twins=True)
-    _, _, prompts, tags = _render_chunk("t2i", seed, 0, n, 32, None)  # the same deterministic chunk
+    _, _, prompts, tags, _ = _render_chunk("t2i", seed, 0, n, 32, None)  # the same deterministic chunk
     save_pool(pool, tmp_path / "t2i.safetensors")
     loaded = load_pool(tmp_path / "t2i.safetensors")
     assert torch.equal(loaded.twin_ids, pool.twin_ids)

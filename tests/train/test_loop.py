@@ -193,7 +193,7 @@ def test_stage_loss_scores_the_twins_in_the_same_forward_as_the_batch():
     dropped[0] = True  # a dropped prompt has no twin to lose to
     args = (batch["x0"], batch["cond"])
     with torch.no_grad():
-        loss, (contrast, accuracy) = stage_loss(unet, batch, batch["text"], batch["mask"], batch["cond"], dropped,
+        loss, (contrast, accuracy), _ = stage_loss(unet, batch, batch["text"], batch["mask"], batch["cond"], dropped,
                                                 stage, "cpu")
         own = flow_matching_loss(unet, *args, batch["text"], batch["mask"], batch["time_ids"], batch["t"],
                                  batch["noise"], reduce=False)
@@ -206,7 +206,7 @@ def test_stage_loss_scores_the_twins_in_the_same_forward_as_the_batch():
     capped = replace(stage, twin_cap_uncond=True)
     uncond = (torch.randn(1, 3, 12), torch.ones(1, 3, dtype=torch.long))
     with torch.no_grad():
-        loss_c, (contrast_c, _) = stage_loss(unet, batch, batch["text"], batch["mask"], batch["cond"], dropped,
+        loss_c, (contrast_c, _), _ = stage_loss(unet, batch, batch["text"], batch["mask"], batch["cond"], dropped,
                                              capped, "cpu", uncond)
         n = int(pair.sum())
         none = flow_matching_loss(unet, batch["x0"][pair], batch["cond"][pair], uncond[0].expand(n, -1, -1),
@@ -241,11 +241,11 @@ def test_anchored_rows_regress_onto_the_anchor_and_mirror_rows_onto_the_data():
         # the anchor is the network itself (a stage's start): every anchored row costs exactly nothing
         assert stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu", anchor=Anchors(frozen_copy(unet)))[0] == 0
         batch["keep_text"] = torch.arange(8) >= 6  # the last two rows are mirror pairs: data targets, weight 1
-        loss, _ = stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu", anchor=Anchors(frozen_copy(unet)))
+        loss, _, _ = stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu", anchor=Anchors(frozen_copy(unet)))
         torch.testing.assert_close(loss, data[6:].sum() / 8)
         torch.manual_seed(1)
         other = MobileUNet.from_preset("tiny", **UNET, in_channels=4, out_channels=4).eval()
-        loss, _ = stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu", anchor=Anchors(other))
+        loss, _, _ = stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu", anchor=Anchors(other))
         x_t = batch["x0"] + batch["t"][:, None, None, None] * (batch["noise"] - batch["x0"])
         v, v_other = (predict_velocity(m, x_t, *args[1:]) for m in (unet, other))
         anchored = ((v - v_other) ** 2).mean(dim=(1, 2, 3))[:6]  # [6]
@@ -273,7 +273,7 @@ def test_rows_of_the_start_tags_keep_the_start_anchor_and_the_rest_follow_anchor
     dropped = torch.zeros(8, dtype=torch.bool)
     args = (batch["x0"], batch["cond"], batch["text"], batch["mask"], batch["time_ids"], batch["t"])
     with torch.no_grad():
-        loss, _ = stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu",
+        loss, _, _ = stage_loss(unet, batch, *args[2:4], batch["cond"], dropped, stage, "cpu",
                              anchor=Anchors(main=teacher, start=frozen_copy(unet)))
         x_t = batch["x0"] + batch["t"][:, None, None, None] * (batch["noise"] - batch["x0"])
         v, v_teacher = (predict_velocity(m, x_t, *args[1:]) for m in (unet, teacher))

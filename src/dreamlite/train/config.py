@@ -149,6 +149,11 @@ class StageConfig:
     # (position from a mirror round, drawing and editing from the base). Its U-Net may differ in architecture.
     anchor_from: str = ""
     anchor_start_tags: tuple[str, ...] = ()
+    # Grounded attention (flow stages; TokenCompose, Wang et al. 2024; 0 = off): weight of
+    # ``train.grounding.grounding_loss`` on the t2i rows that kept their text: each clause's tokens attend inside its
+    # objects' masks, on the cross-attention maps at least ``ground_min_side`` tokens on a side.
+    ground_weight: float = 0.0
+    ground_min_side: int = 1
     kind: str = "flow"  # "flow" (train.loop), "rl" (DiffusionNFT, needs ``rl``), "distill" (needs ``distill``)
     rl: RLStageConfig | None = None
     distill: DistillStageConfig | None = None
@@ -180,6 +185,13 @@ class StageConfig:
                              f"got {self.twin_weight}, {self.twin_scale}, {self.twin_min_t}")
         if self.twin_weight > 0 and (self.kind != "flow" or (self.mix.t2i <= 0 and self.mirror is None)):
             raise ValueError(f"stage {self.name!r}: the twin contrast needs a flow stage that draws t2i samples "
+                             f"(kind {self.kind!r}, t2i share {self.mix.t2i})")
+
+        if self.ground_weight < 0 or self.ground_min_side < 1:
+            raise ValueError(f"stage {self.name!r}: need ground_weight >= 0 and ground_min_side >= 1, got "
+                             f"{self.ground_weight}, {self.ground_min_side}")
+        if self.ground_weight > 0 and (self.kind != "flow" or self.mix.t2i <= 0):
+            raise ValueError(f"stage {self.name!r}: grounded attention needs a flow stage that draws t2i samples "
                              f"(kind {self.kind!r}, t2i share {self.mix.t2i})")
 
     @property

@@ -76,6 +76,10 @@ class Pool:
     # [N] long: each sample's role-swapped twin prompt in ``bank`` (-1: none), for the twin contrast
     # (``dreamlite.train.flow.twin_contrast_loss``); None when the pool was built without twins
     twin_ids: Tensor | None = None
+    # grounded attention (``dreamlite.train.grounding``): each sample's clause tokens [N, G, T] (-1: none) and object
+    # masks [N, G, R, R]; None when the pool was built without them
+    ground_tokens: Tensor | None = None
+    ground_masks: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -92,41 +96,47 @@ def encode_latents(vae, images: np.ndarray, batch: int = 256) -> Tensor:
 
 
 def _render_chunk(kind: str, seed: int, chunk_index: int, m: int, size: int, tag_weights: dict | None):
-    """One deterministic chunk (its RNG depends only on seed and chunk index, not on the worker count)."""
+    """One deterministic chunk (its RNG depends only on seed and chunk index, not on the worker count):
+    (targets, sources or None, prompts, categories, (metadata, scenes) for t2i or None)."""
     from dreamlite.shapes import tasks
 
     rng = np.random.default_rng([seed, chunk_index])
     if kind == "t2i":
         b = tasks.sample_t2i(rng, m, size=size, tag_weights=tag_weights)
-        return b.images, None, list(b.prompts), [md["tag"] for md in b.metadata]
+        return b.images, None, list(b.prompts), [md["tag"] for md in b.metadata], (b.metadata, b.scenes)
     b = tasks.sample_edit(rng, m, size=size)
-    return b.targets, b.sources, list(b.instructions), list(b.edit_types)
+    return b.targets, b.sources, list(b.instructions), list(b.edit_types), None
 
 
 def build_pool(kind: str, n: int, seed: int, size: int, vae, encoder, tag_weights: dict[str, float] | None = None,
-               chunk: int = 1024, workers: int | None = None, progress: bool = True, twins: bool = False) -> Pool:
+               chunk: int = 1024, workers: int | None = None, progress: bool = True, twins: bool = False,
+               ground: bool = False) -> Pool:
     """Render n samples of ``kind`` ('t2i' or 'edit') in parallel chunks, encode them, return the pool.
-    ``twins`` (t2i only): also encode each prompt's role-swapped twin (``role_swap``) into the bank."""
+    ``twins`` (t2i only): also encode each prompt's role-swapped twin (``role_swap``) into the bank. ``ground``
+    (t2i only): also store each sample's clause tokens and object masks (``dreamlite.train.grounding``)."""
     from concurrent.futures import ProcessPoolExecutor
 
     from dreamlite.shapes.language import role_swap
 
-    if twins and kind != "t2i":
-        raise ValueError(f"twins are defined for t2i prompts only, not for a {kind!r} pool")
+    if (twins or ground) and kind != "t2i":
+        raise ValueError(f"twins and grounding are defined for t2i prompts only, not for a {kind!r} pool")
 
     sizes = [min(chunk, n - i) for i in range(0, n, chunk)]
     workers = workers or min(len(sizes), os.cpu_count() or 1)
-    x0, cond, prompts, cats = [], [], [], []
+    x0, cond, prompts, cats, metadata, scenes = [], [], [], [], [], []
     bar = tqdm(total=n, desc=f"rendering + encoding {kind} pool", disable=not progress)
     with ProcessPoolExecutor(workers) as ex:
         jobs = [ex.submit(_render_chunk, kind, seed, i, m, size, tag_weights) for i, m in enumerate(sizes)]
         for job in jobs:  # in submission order: the pool does not depend on scheduling
-            targets, sources, p, c = job.result()
+            targets, sources, p, c, extra = job.result()
             x0.append(encode_latents(vae, targets))
             if sources is not None:
                 cond.append(encode_latents(vae, sources))
             prompts += p
             cats += c
+            if extra is not None:
+                metadata += extra[0]
+                scenes += extra[1]
             bar.update(len(p))
     bar.close()
     names = sorted(set(cats))
@@ -134,10 +144,15 @@ def build_pool(kind: str, n: int, seed: int, size: int, vae, encoder, tag_weight
     distinct = sorted(set(prompts) | {t for t in twin_of if t is not None})
     index = {p: i for i, p in enumerate(distinct)}
     bank = TextBank.build(encoder, distinct, "generate" if kind == "t2i" else "edit", progress=progress)
+    ground_tokens = ground_masks = None
+    if ground:
+        from dreamlite.train.grounding import ground_tensors
+        ground_tokens, ground_masks = ground_tensors(encoder, prompts, metadata, scenes)
     return Pool(x0=torch.cat(x0), cond=torch.cat(cond) if cond else None,
                 prompt_ids=torch.tensor([index[p] for p in prompts]),
                 categories=torch.tensor([names.index(c) for c in cats]), category_names=names, bank=bank,
-                twin_ids=torch.tensor([-1 if t is None else index[t] for t in twin_of]) if twins else None)
+                twin_ids=torch.tensor([-1 if t is None else index[t] for t in twin_of]) if twins else None,
+                ground_tokens=ground_tokens, ground_masks=ground_masks)
 
 
 def save_pool(pool: Pool, path: Path) -> None:
@@ -147,6 +162,8 @@ def save_pool(pool: Pool, path: Path) -> None:
         tensors["cond"] = pool.cond
     if pool.twin_ids is not None:
         tensors["twin_ids"] = pool.twin_ids
+    if pool.ground_tokens is not None:
+        tensors.update(ground_tokens=pool.ground_tokens, ground_masks=pool.ground_masks)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
               metadata={"category_names": json.dumps(pool.category_names)})
@@ -159,7 +176,8 @@ def load_pool(path: Path) -> Pool:
         names = json.loads(f.metadata()["category_names"])
     t = load_file(str(path))
     return Pool(x0=t["x0"], cond=t.get("cond"), prompt_ids=t["prompt_ids"], categories=t["categories"],
-                category_names=names, bank=TextBank.from_tensors(t), twin_ids=t.get("twin_ids"))
+                category_names=names, bank=TextBank.from_tensors(t), twin_ids=t.get("twin_ids"),
+                ground_tokens=t.get("ground_tokens"), ground_masks=t.get("ground_masks"))
 
 
 def pad_text(text: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:

@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +26,13 @@ from tqdm.auto import tqdm
 from dreamlite.flow import interpolate, sample_t_logit_normal, velocity_target
 from dreamlite.train.config import StageConfig
 from dreamlite.train.corpus import Pool, pad_text
-from dreamlite.train.flow import drop_conditions, flow_matching_loss, predict_velocity, twin_contrast_loss
+from dreamlite.train.flow import (
+    drop_conditions,
+    flow_matching_loss,
+    predict_velocity,
+    twin_contrast_loss,
+)
+from dreamlite.train.grounding import CrossAttentionProbe, grounding_loss
 from dreamlite.train.mirror import MirrorSet
 
 
@@ -110,6 +117,11 @@ class BatchSampler:
             self.t2i_twins = torch.where(contrasted[self.t2i.categories], self.t2i.twin_ids, -1)
         elif self.twins and self.t2i is not None:
             self.t2i_twins = torch.full((len(self.t2i),), -1)
+        self.ground = stage.ground_weight > 0
+        if self.ground and (self.t2i is None or self.t2i.ground_tokens is None):
+            raise ValueError(f"stage {stage.name!r} asks for grounded attention but its t2i pool has no object masks "
+                             "(built by a recipe without ground_weight: delete the run's corpus/t2i*.safetensors "
+                             "to rebuild it with them)")
         # each sample's "keeps the start anchor" flag (``stage.anchor_start_tags``), once per pool, not per batch
         self.start_flags = {id(pool): self._start_flags(pool, stage.anchor_start_tags)
                             for pool in (self.t2i, self.edit) if pool is not None and stage.anchor_start_tags}
@@ -139,6 +151,8 @@ class BatchSampler:
                               is_edit=torch.full((n,), pool.cond is not None)))
             if self.start_flags:  # rows that keep the start model as their anchor (consolidation)
                 parts[-1]["anchor_start"] = self.start_flags[id(pool)][idx]
+            if self.ground:
+                parts[-1].update(_ground_rows(pool if pool is self.t2i else None, idx))
             if self.twins:
                 twin = self.t2i_twins[idx] if pool is self.t2i else torch.full((n,), -1)
                 twin_text, twin_mask = pool.bank.gather(twin.clamp(min=0))
@@ -177,11 +191,23 @@ class BatchSampler:
                     is_edit=torch.zeros(n, dtype=torch.bool))
         if self.stage.anchor_start_tags:
             part["anchor_start"] = torch.zeros(n, dtype=torch.bool)  # data targets (keep_text), never anchored
+        if self.ground:
+            part.update(_ground_rows(None, torch.zeros(n, dtype=torch.long)))
         if self.twins:  # each row is contrasted with the other row's text: the prompt's with its twin's, and back
             swap = torch.cat([torch.arange(n // 2, n), torch.arange(n // 2)])
             part.update(twin_text=rows["text"][swap], twin_mask=rows["mask"][swap],
                         has_twin=torch.ones(n, dtype=torch.bool))
         return part, rows["noise"]
+
+
+def _ground_rows(pool: Pool | None, idx: Tensor) -> dict[str, Tensor]:
+    """Grounding tokens and masks of rows ``idx`` of ``pool``; rows without any (edits, mirror pairs) when None."""
+    from dreamlite.train.grounding import MASK_RES, MAX_GROUPS, MAX_TOKENS
+    if pool is not None:
+        return dict(ground_tokens=pool.ground_tokens[idx], ground_masks=pool.ground_masks[idx])
+    n = len(idx)
+    return dict(ground_tokens=torch.full((n, MAX_GROUPS, MAX_TOKENS), -1, dtype=torch.long),
+                ground_masks=torch.zeros(n, MAX_GROUPS, MASK_RES, MASK_RES, dtype=torch.float16))
 
 
 def lr_lambda(warmup: int, steps: int | None = None, min_ratio: float = 1.0) -> Callable[[int], float]:
@@ -286,13 +312,15 @@ def log_stage_row(run_dir: Path, accelerator: Accelerator, row: dict, filename: 
 # ------------------------------------------------------------------------------------------------ loop
 def stage_loss(unet, batch: dict[str, Tensor], text: Tensor, mask: Tensor, cond: Tensor, dropped: Tensor,
                stage: StageConfig, device, uncond: tuple[Tensor, Tensor] | None = None,
-               anchor: Anchors | None = None) -> tuple[Tensor, tuple[Tensor, float] | None]:
+               anchor: Anchors | None = None) -> tuple[Tensor, tuple[Tensor, float] | None, Tensor | None]:
     """The flow-matching loss of a batch (conditions already dropped), and with ``stage.twin_weight`` the twin
     contrast of its samples that have a twin, kept their text and have t >= ``stage.twin_min_t``, with the share
     of them whose own prompt explained the image better (None when the batch has none). The twins ride in the same
     forward as the batch, so that DDP sees one forward per backward; with ``stage.twin_cap_uncond`` so do the pairs
     under ``uncond`` (the negative prompt's states [1, L0, D] and mask [1, L0]). With ``anchor`` (the frozen
-    models of ``stage.anchor_weight``) the rows that are not mirror pairs regress onto their velocity instead."""
+    models of ``stage.anchor_weight``) the rows that are not mirror pairs regress onto their velocity instead.
+    Third: with ``stage.ground_weight``, the grounded-attention loss of the batch's rows that kept their text and
+    have object masks (``train.grounding``; None when none has), from the same forward's cross-attention."""
     x0, t, noise, time_ids = batch["x0"], batch["t"], batch["noise"], batch["time_ids"]
     B = x0.shape[0]
     target, weight = anchored_targets(anchor, batch, text, mask, cond, stage.anchor_weight, device)
@@ -310,15 +338,22 @@ def stage_loss(unet, batch: dict[str, Tensor], text: Tensor, mask: Tensor, cond:
                                         for v in (x0, cond, t, noise, time_ids))
         if target is not None:  # a twin row is scored against its own row's target
             target = torch.cat([target] + [target[pair.to(target.device)]] * len(rows))
-    err = flow_matching_loss(unet, x0.to(device), cond.to(device), text.to(device), mask.to(device),
-                             time_ids.to(device), t.to(device), noise.to(device), reduce=False,
-                             target=target)  # [B + k n]
+    probe = CrossAttentionProbe(unet) if stage.ground_weight > 0 else nullcontext()
+    with probe:
+        err = flow_matching_loss(unet, x0.to(device), cond.to(device), text.to(device), mask.to(device),
+                                 time_ids.to(device), t.to(device), noise.to(device), reduce=False,
+                                 target=target)  # [B + k n]
+    ground = None
+    if stage.ground_weight > 0:
+        maps = [m[:B] for m in probe.maps((x0.shape[-2], 2 * x0.shape[-1]))]  # the canvas packs (target | cond)
+        ground = grounding_loss(maps, batch["ground_tokens"], batch["ground_masks"], ~dropped,
+                                stage.ground_min_side)
     loss = err[:B].mean() if weight is None else (weight * err[:B]).mean()
     if not n:
-        return loss, None
+        return loss, None, ground
     own, twin = err[:B][pair.to(device)], err[B:B + n]
     capped = err[B + n:] if stage.twin_cap_uncond else None
-    return loss, (twin_contrast_loss(own, twin, stage.twin_scale, capped), (own < twin).float().mean().item())
+    return loss, (twin_contrast_loss(own, twin, stage.twin_scale, capped), (own < twin).float().mean().item()), ground
 
 
 @dataclass(frozen=True)
@@ -397,6 +432,7 @@ def train_stage(accelerator: Accelerator, unet, ema: EMA, make_sampler: Callable
                disable=not accelerator.is_local_main_process)
     unet.train()
     twin_log: list[tuple[float, float]] = []
+    ground_log: list[float] = []
     while state.step < stage.steps:
         batch = sampler.draw()
         uncond_text, uncond_mask = uncond
@@ -404,11 +440,14 @@ def train_stage(accelerator: Accelerator, unet, ema: EMA, make_sampler: Callable
                                                     uncond_text, uncond_mask, stage.p_drop_text, stage.p_drop_image,
                                                     generator, keep=batch.get("keep_text"))
         with accelerator.autocast():
-            loss, twin = stage_loss(unet, batch, text, mask, cond, dropped, stage, accelerator.device, uncond,
-                                    anchor)
-        accelerator.backward(loss if twin is None else loss + stage.twin_weight * twin[0])
+            loss, twin, ground = stage_loss(unet, batch, text, mask, cond, dropped, stage, accelerator.device,
+                                            uncond, anchor)
+        total = loss if twin is None else loss + stage.twin_weight * twin[0]
+        accelerator.backward(total if ground is None else total + stage.ground_weight * ground)
         if twin is not None:
             twin_log.append((twin[0].item(), twin[1]))
+        if ground is not None:
+            ground_log.append(ground.item())
         if stage.grad_clip:
             accelerator.clip_grad_norm_(unet.parameters(), stage.grad_clip)
         optimizer.step()
@@ -428,6 +467,9 @@ def train_stage(accelerator: Accelerator, unet, ema: EMA, make_sampler: Callable
                 row.update(twin_loss=sum(c for c, _ in twin_log) / len(twin_log),
                            twin_accuracy=sum(a for _, a in twin_log) / len(twin_log))
                 twin_log.clear()
+            if ground_log:  # mean since the last row: 0 = every clause's attention inside its objects
+                row.update(ground_loss=sum(ground_log) / len(ground_log))
+                ground_log.clear()
             with open(log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
         bar.update(1)

@@ -72,8 +72,9 @@ def prepare_corpus(recipe: Recipe, run_dir: Path, accelerator: Accelerator, vae,
             n = (c.n_t2i if kind == "t2i" else c.n_edit) if pool_name == "main" else c.n_sft
             weights = SFT_TAG_WEIGHTS if (pool_name == "sft" and kind == "t2i") else None
             twins = kind == "t2i" and any(s.twin_weight > 0 and s.twin_tags and s.mix.pool == pool_name for s in pooled)
+            ground = kind == "t2i" and any(s.ground_weight > 0 and s.mix.pool == pool_name for s in pooled)
             save_pool(build_pool(kind, n, c.seed + 7919 * i, c.image_size, vae, encoder, tag_weights=weights,
-                                 twins=twins), path)
+                                 twins=twins, ground=ground), path)
         accelerator.wait_for_everyone()
         pools[key] = load_pool(path)
     return pools
