@@ -11,6 +11,7 @@ differ only by the model. Prints one row of scores per tag / edit type and the s
     python benchmarks/full_eval.py checkpoints/dreamlite-tiny-shapes runs/fulleval-mobile --variant mobile
     python benchmarks/full_eval.py checkpoints/dreamlite-tiny-shapes runs/fulleval-para --phrasings heldout
     python benchmarks/full_eval.py checkpoints/dreamlite-tiny-shapes runs/fulleval-val --split val
+    python benchmarks/full_eval.py checkpoints/dreamlite-tiny-shapes runs/fulleval-k4 --samples-per-prompt 4
     python benchmarks/binding_diagnosis.py --results runs/fulleval-base/geneval/results.jsonl   # failure modes
 """
 
@@ -41,6 +42,9 @@ def main() -> None:
     ap.add_argument("--split", choices=("test", "val"), default="test",
                     help="val: 600 rows and 240 edits drawn again and sampled from other noise, for choosing among "
                          "models (soup weights, checkpoints) without reading the benchmark")
+    ap.add_argument("--samples-per-prompt", type=int, default=1,
+                    help="GenEval images per prompt (GenEval's own protocol: 4; image k of prompt i from seed "
+                         "i * K + k, so K = 1 is the benchmark's single image and K = 4 quarters its noise)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -49,8 +53,10 @@ def main() -> None:
                                   image_guidance_scale=args.image_guidance,
                                   guidance_max_sigma=args.guidance_max_sigma).items() if v is not None}
     t0 = time.perf_counter()
-    scores = evaluate_pipeline(pipe, args.out, None, None, phrasings=args.phrasings, split=args.split,
-                                **call)
+    if args.samples_per_prompt < 1:
+        ap.error(f"--samples-per-prompt must be >= 1, got {args.samples_per_prompt}")
+    scores = evaluate_pipeline(pipe, args.out, None, None, samples_per_prompt=args.samples_per_prompt,
+                               phrasings=args.phrasings, split=args.split, **call)
     seconds = time.perf_counter() - t0
     scores["seconds"] = seconds
     args.out.mkdir(parents=True, exist_ok=True)
