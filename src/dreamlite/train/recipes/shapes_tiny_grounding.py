@@ -1,7 +1,10 @@
 """Grounded attention (session 22; ``StageConfig.ground_weight``, ``dreamlite.train.grounding``): rounds from the
 shipped base whose only new signal is TokenCompose's loss on the cross-attention maps, each clause's words attending
 inside its objects, while every row keeps the start's velocity (``anchor_weight`` 1, the start as the anchor) so that
-what RL and consolidation gave is not trained away. Measured in BENCHMARKS.md, "Grounded attention"."""
+what RL and consolidation gave is not trained away. Measured in BENCHMARKS.md, "Grounded attention": each clause's
+attention on its own objects 0.15 -> 0.70-0.80 at the levels grounded, but GenEval at four images per prompt 0.751
+(`-ground`), 0.761 (`-ground-all`), 0.740 (`-ground-consolidate`) against the base's 0.769, and edit success down
+0.03 (0.013 after consolidation): not shipped."""
 
 from dataclasses import replace
 
