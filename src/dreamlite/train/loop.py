@@ -26,13 +26,8 @@ from tqdm.auto import tqdm
 from dreamlite.flow import interpolate, sample_t_logit_normal, velocity_target
 from dreamlite.train.config import StageConfig
 from dreamlite.train.corpus import Pool, pad_text
-from dreamlite.train.flow import (
-    drop_conditions,
-    flow_matching_loss,
-    predict_velocity,
-    twin_contrast_loss,
-)
-from dreamlite.train.grounding import CrossAttentionProbe, grounding_loss
+from dreamlite.train.flow import drop_conditions, flow_matching_loss, predict_velocity, twin_contrast_loss
+from dreamlite.train.grounding import MASK_RES, MAX_GROUPS, MAX_TOKENS, CrossAttentionProbe, grounding_loss
 from dreamlite.train.mirror import MirrorSet
 
 
@@ -202,7 +197,6 @@ class BatchSampler:
 
 def _ground_rows(pool: Pool | None, idx: Tensor) -> dict[str, Tensor]:
     """Grounding tokens and masks of rows ``idx`` of ``pool``; rows without any (edits, mirror pairs) when None."""
-    from dreamlite.train.grounding import MASK_RES, MAX_GROUPS, MAX_TOKENS
     if pool is not None:
         return dict(ground_tokens=pool.ground_tokens[idx], ground_masks=pool.ground_masks[idx])
     n = len(idx)
