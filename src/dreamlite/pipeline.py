@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from dreamlite.imageio import ImageError, load_image, pil_to_tensor, tensor_to_uint8, to_rgb
 from dreamlite.models.text import TextEncoder, TextEncoderSpec, load_text_encoder
 from dreamlite.models.unet import MobileUNet
+from dreamlite.paths import atomic_folder
 from dreamlite.sampling import Conditions, Guidance, default_scheduler, make_sigmas, sample
 
 CONFIG_NAME = "dreamlite.json"
@@ -130,8 +131,6 @@ class DreamLitePipeline(DiffusionPipeline):
                         **_: Any) -> Path:
         """Write the whole folder atomically (temp folder, then rename). ``weights_dtype`` (e.g. float16) stores
         the U-Net weights in that dtype to halve the folder; ``from_pretrained`` loads them back as float32."""
-        from dreamlite.paths import atomic_folder
-
         with atomic_folder(save_directory) as tmp:
             self._write(tmp, weights_dtype)
         return Path(save_directory)

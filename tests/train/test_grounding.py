@@ -168,6 +168,10 @@ def test_training_on_the_grounding_loss_moves_attention_into_the_masks():
              batch["time_ids"][:1])
     assert len(probe.calls) == len(probe.modules) and all(not m._forward_hooks for m in probe.modules)
     assert [tuple(m.shape[1:3]) for m in probe.maps((4, 8))][0] == (4, 4)  # the top level's target half
+    sides = [m.shape[1] for m in probe.maps((4, 8))]
+    assert min(sides) < 4 and [m.shape[1] for m in probe.maps((4, 8), min_side=4)] == [s for s in sides if s >= 4]
+    with pytest.raises(ValueError, match="at least 8 tokens"):
+        probe.maps((4, 8), min_side=8)
 
 
 def test_grounding_needs_pools_with_masks_and_a_t2i_flow_stage():

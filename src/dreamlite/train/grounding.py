@@ -161,15 +161,20 @@ class CrossAttentionProbe:
             handle.remove()
         self.handles = []
 
-    def maps(self, canvas_hw: tuple[int, int]) -> list[Tensor]:
-        """[B, H, W // 2, L] per recorded call: the probabilities of the target half's tokens (row-major H x W
-        canvas at the call's level, found from its token count: each level halves the sides, rounding up)."""
+    def maps(self, canvas_hw: tuple[int, int], min_side: int = 1) -> list[Tensor]:
+        """[B, H, W // 2, L] per recorded call whose target half is at least ``min_side`` tokens on a side: the
+        probabilities of the target half's tokens (row-major H x W canvas at the call's level, found from its token
+        count: each level halves the sides, rounding up). Calls below ``min_side`` are not recomputed at all."""
         h0, w0 = canvas_hw
         out = []
         for module, x, context, bias in self.calls:
             H, W = _level_shape(x.shape[1], h0, w0)
+            if min(H, W // 2) < min_side:
+                continue
             p = attention_probs(module, x, context, bias).view(x.shape[0], H, W, -1)  # [B, H, W, L]
             out.append(p[:, :, :W // 2])
+        if not out:
+            raise ValueError(f"no cross-attention map is at least {min_side} tokens on a side")
         return out
 
 

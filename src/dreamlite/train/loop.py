@@ -339,9 +339,9 @@ def stage_loss(unet, batch: dict[str, Tensor], text: Tensor, mask: Tensor, cond:
                                  target=target)  # [B + k n]
     ground = None
     if stage.ground_weight > 0:
-        maps = [m[:B] for m in probe.maps((x0.shape[-2], 2 * x0.shape[-1]))]  # the canvas packs (target | cond)
-        ground = grounding_loss(maps, batch["ground_tokens"], batch["ground_masks"], ~dropped,
-                                stage.ground_min_side)
+        canvas = (x0.shape[-2], 2 * x0.shape[-1])  # the canvas packs (target | cond)
+        maps = [m[:B] for m in probe.maps(canvas, stage.ground_min_side)]  # only the levels the loss reads
+        ground = grounding_loss(maps, batch["ground_tokens"], batch["ground_masks"], ~dropped)
     loss = err[:B].mean() if weight is None else (weight * err[:B]).mean()
     if not n:
         return loss, None, ground

@@ -114,12 +114,17 @@ def _ingredient(folder: Path, variant: str | None) -> _Ingredient:
                        tuple(v.unet_folder for v in defaults.variants.values()))
 
 
+def _public_config(path: Path) -> dict:
+    """A diffusers config.json without its bookkeeping keys (``_class_name``, ``_diffusers_version``, ...)."""
+    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+
+
 def _network_config(unet_dir: Path) -> dict:
-    cfg = json.loads((unet_dir / "config.json").read_text())
-    if cfg.get("_class_name") != "MobileUNet":
-        raise ValueError(f"{unet_dir}: soups average dreamlite MobileUNet folders, got {cfg.get('_class_name')!r} "
+    name = json.loads((unet_dir / "config.json").read_text()).get("_class_name")
+    if name != "MobileUNet":
+        raise ValueError(f"{unet_dir}: soups average dreamlite MobileUNet folders, got {name!r} "
                          "(convert an official checkpoint first: `dreamlite convert-official`)")
-    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+    return _public_config(unet_dir / "config.json")
 
 
 def _check_same_family(first: _Ingredient, other: _Ingredient) -> None:
@@ -129,8 +134,7 @@ def _check_same_family(first: _Ingredient, other: _Ingredient) -> None:
         raise ValueError(f"soup ingredients {first.folder} and {other.folder} read other text states: "
                          f"{first.text} vs {other.text}")
     a, b = first.folder / "vae" / "config.json", other.folder / "vae" / "config.json"
-    public = lambda path: {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}  # noqa: E731
-    if a.is_file() != b.is_file() or (a.is_file() and public(a) != public(b)):
+    if a.is_file() != b.is_file() or (a.is_file() and _public_config(a) != _public_config(b)):
         raise ValueError(f"soup ingredients {first.folder} and {other.folder} differ in vae/config.json: their "
                          "U-Nets read other latents")
     a, b = first.folder / "vae" / WEIGHTS_FILE, other.folder / "vae" / WEIGHTS_FILE
