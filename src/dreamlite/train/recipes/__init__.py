@@ -13,7 +13,7 @@ from dreamlite.train.config import Recipe
 
 # each defines ``RECIPES``: name -> Recipe (plain configs, cheap to import)
 _MODULES = ("shapes_tiny", "shapes_tiny_rounds", "shapes_tiny_consolidation", "shapes_tiny_grounding",
-            "dreamlite_039b")
+            "shapes_tiny_resolution", "dreamlite_039b")
 RECIPES = {name: module for module in _MODULES
            for name in import_module(f"dreamlite.train.recipes.{module}").RECIPES}
 
