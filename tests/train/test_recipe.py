@@ -273,3 +273,25 @@ def test_a_consolidation_stage_moves_the_network_to_anchor_from_except_where_its
     r = replace(r, stages=(replace(stage, anchor_from=str(tmp_path / "wide")),))
     with pytest.raises(ValueError, match=r"\(in, out\) channels \(8, 8\), the network \(4, 4\)"):
         run_recipe(r, tmp_path / "other-latents", evaluate=False, components=comps)
+
+
+def test_every_shipped_recipe_is_named_once_and_rebuilds_from_its_json(monkeypatch):
+    """A run folder stores its recipe as JSON (``recipe.json``), which must rebuild the same recipe; each registered
+    name is the recipe's own and defined by one module (the registry refuses a second definition)."""
+    import json
+    from importlib import import_module
+
+    from dreamlite.train import recipes
+    from dreamlite.train.config import Recipe
+
+    per_module = [import_module(f"dreamlite.train.recipes.{m}").RECIPES for m in recipes._MODULES]
+    assert len(recipes.RECIPES) == sum(len(r) for r in per_module) > 50
+    for name in recipes.RECIPES:
+        recipe = recipes.get_recipe(name)
+        assert recipe.name == name
+        assert Recipe.from_dict(json.loads(recipe.to_json())).to_json() == recipe.to_json()
+    assert recipes.get_recipe("shapes-tiny-res96").corpus.image_size == 96
+    assert recipes.get_recipe("shapes-tiny-res96").vae.image_size == 96
+    monkeypatch.setattr(recipes, "_MODULES", ("shapes_tiny", "shapes_tiny_resolution", "shapes_tiny"))
+    with pytest.raises(RuntimeError, match="'shapes-tiny' is defined in both shapes_tiny and shapes_tiny"):
+        recipes._registry()

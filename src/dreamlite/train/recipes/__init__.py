@@ -14,8 +14,20 @@ from dreamlite.train.config import Recipe
 # each defines ``RECIPES``: name -> Recipe (plain configs, cheap to import)
 _MODULES = ("shapes_tiny", "shapes_tiny_rounds", "shapes_tiny_consolidation", "shapes_tiny_grounding",
             "shapes_tiny_resolution", "dreamlite_039b")
-RECIPES = {name: module for module in _MODULES
-           for name in import_module(f"dreamlite.train.recipes.{module}").RECIPES}
+
+
+def _registry() -> dict[str, str]:
+    """Recipe name -> the module defining it; a name defined twice is an error, not a silent override."""
+    out: dict[str, str] = {}
+    for module in _MODULES:
+        for name in import_module(f"dreamlite.train.recipes.{module}").RECIPES:
+            if name in out:
+                raise RuntimeError(f"recipe {name!r} is defined in both {out[name]} and {module}")
+            out[name] = module
+    return out
+
+
+RECIPES = _registry()
 
 
 def get_recipe(name: str) -> Recipe:

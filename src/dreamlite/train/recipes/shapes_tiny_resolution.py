@@ -25,4 +25,15 @@ SHAPES_TINY_RES96 = replace(
     vae=replace(SHAPES_TINY_RES64.vae, image_size=96),
     stages=(replace(SHAPES_TINY_RES64.stages[0], name="res96"),))
 
-RECIPES = {r.name: r for r in (SHAPES_TINY_RES64, SHAPES_TINY_RES96)}
+# Is the 96 px deficit adaptation (it closes with steps) or the scale itself? 1,500 more steps of the same round on
+# a fresh corpus, for both arms.
+SHAPES_TINY_RES96_MORE = replace(
+    SHAPES_TINY_RES96, name="shapes-tiny-res96-more", init_from="runs/shapes-tiny-res96/model",
+    corpus=replace(SHAPES_TINY_RES96.corpus, seed=830_000),
+    stages=(replace(SHAPES_TINY_RES96.stages[0], name="res96-more", steps=1500),))
+SHAPES_TINY_RES64_MORE = replace(
+    SHAPES_TINY_RES64, name="shapes-tiny-res64-more", init_from="runs/shapes-tiny-res64/model",
+    corpus=replace(SHAPES_TINY_RES64.corpus, seed=830_000),
+    stages=(replace(SHAPES_TINY_RES64.stages[0], name="res64-more", steps=1500),))
+
+RECIPES = {r.name: r for r in (SHAPES_TINY_RES64, SHAPES_TINY_RES96, SHAPES_TINY_RES64_MORE, SHAPES_TINY_RES96_MORE)}
