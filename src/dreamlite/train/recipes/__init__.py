@@ -1,6 +1,7 @@
 """Shipped recipes: ``shapes_tiny`` (the recipe from nothing, its post-training stages, CI-sized versions, the
 ablation arms), ``shapes_tiny_rounds`` and ``shapes_tiny_consolidation`` (the measured rounds that made the shipped
-model, in order), ``dreamlite_039b`` (the paper-scale preset). ``get_recipe(name_or_path)`` also reads a recipe
+model, in order), ``shapes_tiny_grounding`` and ``shapes_tiny_resolution`` (measured experiments from the shipped
+base, not shipped), ``dreamlite_039b`` (the paper-scale preset). ``get_recipe(name_or_path)`` also reads a recipe
 JSON file."""
 
 from __future__ import annotations
