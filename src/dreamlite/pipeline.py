@@ -332,6 +332,12 @@ def read_text_spec(root: str | Path) -> TextEncoderSpec | None:
     return TextEncoderSpec.parse(json.loads(path.read_text())) if path.is_file() else None
 
 
+def public_config(cfg: Any) -> dict:
+    """A diffusers config (mapping) without its bookkeeping keys (``_class_name``, ``_diffusers_version``, ...),
+    JSON-normalised so that a tuple and the list it is saved as compare equal."""
+    return json.loads(json.dumps({k: v for k, v in dict(cfg).items() if not k.startswith("_")}))
+
+
 def load_unet(folder: Path) -> MobileUNet:
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():

@@ -133,15 +133,14 @@ def init_weights(unet: MobileUNet, folder: Path, grow_attention: bool = False, d
     are left out (the one change that removes a path; the network then differs from its first output).
     A ``unet`` with ``position_embed`` or ``text_position_embed`` over a saved network without it keeps those
     zero-initialised weights (every other weight loads exactly), so it too starts as the saved network's function."""
-    from dreamlite.pipeline import load_unet
+    from dreamlite.pipeline import load_unet, public_config
 
     unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
     if not (unet_dir / "config.json").is_file():
         raise FileNotFoundError(f"init_from {folder}: no unet/config.json (expected a model folder such as "
                                 f"runs/<recipe>/model)")
     base = load_unet(unet_dir)  # the pipeline's loader: float16 storage and official folders included
-    norm = lambda cfg: json.loads(json.dumps({k: v for k, v in dict(cfg).items() if not k.startswith("_")}))  # noqa: E731
-    mine, theirs = norm(unet.config), norm(base.config)  # JSON-normalised: tuples and lists compare equal
+    mine, theirs = public_config(unet.config), public_config(base.config)
     if drop_pooled_text:
         if not (theirs.get("pooled_text_embed") and not mine.get("pooled_text_embed")):
             raise ValueError(f"init_from {folder}: drop_pooled_text needs a saved U-Net with pooled_text_embed "

@@ -115,16 +115,19 @@ def _ingredient(folder: Path, variant: str | None) -> _Ingredient:
 
 
 def _public_config(path: Path) -> dict:
-    """A diffusers config.json without its bookkeeping keys (``_class_name``, ``_diffusers_version``, ...)."""
-    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    from dreamlite.pipeline import public_config
+
+    return public_config(json.loads(path.read_text()))
 
 
 def _network_config(unet_dir: Path) -> dict:
-    name = json.loads((unet_dir / "config.json").read_text()).get("_class_name")
-    if name != "MobileUNet":
-        raise ValueError(f"{unet_dir}: soups average dreamlite MobileUNet folders, got {name!r} "
+    from dreamlite.pipeline import public_config
+
+    cfg = json.loads((unet_dir / "config.json").read_text())
+    if cfg.get("_class_name") != "MobileUNet":
+        raise ValueError(f"{unet_dir}: soups average dreamlite MobileUNet folders, got {cfg.get('_class_name')!r} "
                          "(convert an official checkpoint first: `dreamlite convert-official`)")
-    return _public_config(unet_dir / "config.json")
+    return public_config(cfg)
 
 
 def _check_same_family(first: _Ingredient, other: _Ingredient) -> None:
