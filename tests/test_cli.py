@@ -93,6 +93,7 @@ def test_bad_source_images(case, message, model_dir, tmp_path, capsys):
     (["--steps", "0"], "--steps must be a positive integer"),
     (["--guidance", "-1"], "--guidance must be >= 0"),
     (["--guidance-max-sigma", "1.5"], "--guidance-max-sigma must be in (0, 1]"),
+    (["--eta", "2"], "--eta must be in [0, 1], got 2.0"),
     (["--width", "40"], "multiples of 16"),
     (["--int8"], "--int8 selects the quantised files of an exported folder; use it with --backend onnx or executorch"),
     (["--int4"], "use it with --backend onnx"),

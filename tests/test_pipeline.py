@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -235,3 +237,27 @@ def test_guidance_interval_is_a_variant_default_that_round_trips(pipe, tmp_path)
                             progress=False, **kw).images
     np.testing.assert_array_equal(run(loaded), run(pipe, guidance_max_sigma=0.5))
     assert np.abs(run(pipe, guidance_max_sigma=0.5).astype(int) - run(pipe).astype(int)).max() > 0
+
+
+def test_stochastic_sampling_is_a_variant_default_seeded_per_image(pipe, tmp_path):
+    """eta round-trips with the folder; each image's fresh noise comes from its own generator, so an image is the
+    same alone or in a batch, and the same seed gives the same image; eta changes it."""
+    from dataclasses import replace
+    base = pipe.defaults.variants["base"]
+    variants = {**pipe.defaults.variants, "base": replace(base, eta=1.0)}
+    DreamLitePipeline(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder,
+                      defaults=replace(pipe.defaults, variants=variants)).save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "dreamlite.json").read_text())["variants"]["base"]["eta"] == 1.0
+    loaded = DreamLitePipeline.from_pretrained(tmp_path / "m", text_encoder=pipe.text_encoder)
+    assert loaded.settings.eta == 1.0
+
+    def run(p, prompts, seeds, **kw):
+        return p(prompts, generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="latent",
+                 progress=False, **kw).images
+
+    pair = run(loaded, ["a red star", "a blue circle"], [3, 4])
+    torch.testing.assert_close(pair[1:], run(loaded, ["a blue circle"], [4]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pair, run(pipe, ["a red star", "a blue circle"], [3, 4], eta=1.0))
+    assert (pair - run(pipe, ["a red star", "a blue circle"], [3, 4])).abs().max() > 1e-2
+    with pytest.raises(ValueError, match=r"eta must be in \[0, 1\], got -0.5"):
+        run(pipe, ["a red star"], [3], eta=-0.5)

@@ -92,6 +92,8 @@ def _check_sampling_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
     if args.guidance_max_sigma is not None and not 0 < args.guidance_max_sigma <= 1:
         raise UserError(f"--guidance-max-sigma must be in (0, 1], got {args.guidance_max_sigma}")
+    if args.eta is not None and not 0 <= args.eta <= 1:
+        raise UserError(f"--eta must be in [0, 1], got {args.eta}")
     out = Path(args.output)
     if not out.parent.exists():
         raise UserError(f"output folder does not exist: {out.parent}")
@@ -110,7 +112,7 @@ def _run_sampling(args: argparse.Namespace, image=None) -> None:
     pipe = _load_pipeline(args)
     result = pipe(args.prompt, image=image, num_inference_steps=args.steps, guidance_scale=args.guidance,
                   image_guidance_scale=getattr(args, "image_guidance", None),
-                  guidance_max_sigma=args.guidance_max_sigma, width=args.width,
+                  guidance_max_sigma=args.guidance_max_sigma, eta=args.eta, width=args.width,
                   height=args.height, buckets=getattr(args, "buckets", None),
                   generator=torch.Generator().manual_seed(args.seed))
     print(f"wrote {save_image(result.images[0], args.output)}")
@@ -318,6 +320,8 @@ def _add_sampling_args(p: argparse.ArgumentParser, edit: bool) -> None:
     p.add_argument("--guidance-max-sigma", type=float,
                    help="guide only at noise levels <= this, in (0, 1]; above it one conditional call per step "
                         "(default: the variant's)")
+    p.add_argument("--eta", type=float, help="sampler stochasticity in [0, 1]: 0 = the deterministic Euler ODE, 1 = "
+                                             "ancestral (DDPM) steps (default: the variant's)")
     p.add_argument("--backend", default="torch", help="torch (a model folder), onnx or executorch (an exported folder)")
     p.add_argument("--int8", action="store_true",
                    help="with --backend onnx or executorch: run the int8 U-Net and text encoder")

@@ -46,6 +46,29 @@ def euler_step(x_t: Tensor, v: Tensor, t: Tensor | float, t_next: Tensor | float
     return (x_t.float() + dt * v.float()).to(x_t.dtype)
 
 
+def ddim_step(x_t: Tensor, v: Tensor, t: Tensor | float, t_next: Tensor | float, eta: float, z: Tensor) -> Tensor:
+    """One step of the DDIM family (Song et al. 2021, Eq. 12 and 16) written for rectified flow, in float32.
+
+    x0 = x_t - t v and noise = x_t + (1 - t) v are the network's estimates; the step draws from the Gaussian
+    q(x_next | x_t, x0) with its variance scaled by eta^2:
+    x_next = (1 - t_next) x0 + sqrt(t_next^2 - c^2) noise + c z, z ~ N(0, I) fresh, with
+    c = eta (t_next / t) sqrt(t^2 - ((1 - t) t_next / (1 - t_next))^2). eta = 0 is ``euler_step`` exactly (the
+    ODE); eta = 1 is the ancestral (DDPM) step. Every eta samples the data distribution as the steps shrink
+    (tests/test_flow.py checks it on Gaussian data); with an under-fit network the fresh noise lets a sample
+    still ambiguous mid-way (which of two named shapes an object is) commit to one instead of following the
+    mean of both, as a deterministic path does (BENCHMARKS.md, "Stochastic sampling").
+    """
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    x, v = x_t.float(), v.float()
+    t = _bcast(torch.as_tensor(t, dtype=torch.float32), x)
+    s = _bcast(torch.as_tensor(t_next, dtype=torch.float32), x)
+    x0, noise = x - t * v, x + (1 - t) * v
+    transition = (t ** 2 - ((1 - t) * s / (1 - s).clamp(min=1e-12)) ** 2).clamp(min=0.0)  # Var[x_t | x_next]
+    c = eta * s / t.clamp(min=1e-12) * transition.sqrt()
+    return ((1 - s) * x0 + (s ** 2 - c ** 2).clamp(min=0.0).sqrt() * noise + c * z.float()).to(x_t.dtype)
+
+
 def shift_sigmas(sigmas: Tensor, mu: float) -> Tensor:
     """Exponential time shift sigma' = e^mu / (e^mu + 1/sigma - 1); mu > 0 spends more steps at high noise."""
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)

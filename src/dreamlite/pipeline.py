@@ -52,11 +52,13 @@ class VariantDefaults:
     # MiniLM layer this variant's U-Net reads (TextEncoderSpec.layer); None = the folder's text_encoder/spec.json.
     # Lets a student trained on one layer sit beside a base trained on another in one folder.
     text_layer: int | None = None
+    # stochasticity of the sampler (``flow.ddim_step``): 0 = the Euler ODE, 1 = ancestral (DDPM) steps
+    eta: float = 0.0
 
 
 # Variant fields left out of a folder's JSON at their defaults, so folders written before the field existed and
 # folders written now read the same (and a saved folder does not change when an unrelated option is added).
-_UNSET_VARIANT_FIELDS = {("text_layer", None), ("guidance_max_sigma", 1.0)}
+_UNSET_VARIANT_FIELDS = {("text_layer", None), ("guidance_max_sigma", 1.0), ("eta", 0.0)}
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,7 @@ class DreamLitePipeline(DiffusionPipeline):
     def __call__(self, prompt: str | Sequence[str], image: Any = None, negative_prompt: str | Sequence[str] = "",
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  image_guidance_scale: float | None = None, guidance_max_sigma: float | None = None,
-                 num_images_per_prompt: int = 1,
+                 eta: float | None = None, num_images_per_prompt: int = 1,
                  generator: torch.Generator | list[torch.Generator] | None = None, height: int | None = None,
                  width: int | None = None, output_type: str = "pil", return_dict: bool = True,
                  progress: bool = True, resize_to_source: bool = True,
@@ -245,6 +247,9 @@ class DreamLitePipeline(DiffusionPipeline):
         guidance = Guidance(s.guidance_scale if guidance_scale is None else guidance_scale,
                             s.image_guidance_scale if image_guidance_scale is None else image_guidance_scale,
                             s.guidance_max_sigma if guidance_max_sigma is None else guidance_max_sigma)
+        eta = s.eta if eta is None else eta
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {eta}")
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
         if len(negatives) != len(prompts):
             raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts")
@@ -258,7 +263,7 @@ class DreamLitePipeline(DiffusionPipeline):
             idx = [i for i, sz in enumerate(sizes) if sz == size]
             gens = [generator[i * n + j] for i in idx for j in range(n)] if isinstance(generator, list) else generator
             latents = self._denoise([prompts[i] for i in idx], None if sources is None else [sources[i] for i in idx],
-                                    [negatives[i] for i in idx], size, steps, guidance, n, gens, progress)
+                                    [negatives[i] for i in idx], size, steps, guidance, eta, n, gens, progress)
             out = latents if output_type == "latent" else self._to_images(
                 latents, None if sources is None or not resize_to_source else [sources[i] for i in idx], n)
             for k, i in enumerate(idx):
@@ -288,7 +293,7 @@ class DreamLitePipeline(DiffusionPipeline):
         return [nearest_bucket(*img.size, table) for img in sources]
 
     def _denoise(self, prompts: list[str], sources: list[Image.Image] | None, negatives: list[str],
-                 size: tuple[int, int], steps: int, guidance: Guidance, n: int, generator,
+                 size: tuple[int, int], steps: int, guidance: Guidance, eta: float, n: int, generator,
                  progress: bool) -> torch.Tensor:
         width, height = size
         f = vae_scale_factor(self.vae)
@@ -304,7 +309,9 @@ class DreamLitePipeline(DiffusionPipeline):
         ).repeat(n)
         noise = self.initial_noise(B * n, height // f, width // f, generator)
         sigmas = make_sigmas(steps, height // f, width // f, self.scheduler)
-        return sample(self.unet, noise.to(device, dtype), sigmas, cond, guidance, progress=progress)
+        h, w = noise.shape[2:]
+        return sample(self.unet, noise.to(device, dtype), sigmas, cond, guidance, progress=progress, eta=eta,
+                      noise_sampler=lambda x: self.initial_noise(len(x), h, w, generator).to(x.device, x.dtype))
 
     def _to_images(self, latents: torch.Tensor, sources: list[Image.Image] | None, n: int) -> list[np.ndarray]:
         """Decoded uint8 images; edits are resized back to their source's size (as the official scripts)."""
@@ -316,7 +323,8 @@ class DreamLitePipeline(DiffusionPipeline):
                 for a, size in zip(arr, sizes)]
 
     def initial_noise(self, n: int, h: int, w: int, generator) -> torch.Tensor:
-        """N(0, I) target noise drawn on the CPU (reproducible across devices, as the official scripts)."""
+        """N(0, I) target noise drawn on the CPU (reproducible across devices, as the official scripts); also the
+        fresh noise of each step when sampling with eta > 0, drawn on from the same generators."""
         C = self.unet.config.in_channels
         if isinstance(generator, list):
             if len(generator) != n:

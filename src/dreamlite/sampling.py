@@ -1,4 +1,4 @@
-"""Sampling: the sigma schedule, conditioning and guidance wrappers, and the Euler sampler.
+"""Sampling: the sigma schedule, conditioning and guidance wrappers, and the sampler (Euler, or stochastic DDIM).
 
 A sampler is a function of (model, x, sigmas, conditions, guidance). ``model`` is anything with
 MobileUNet's forward signature (the torch module, an ONNX or ExecuTorch runtime wrapper); conditioning
@@ -18,7 +18,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from dreamlite.flow import TIMESTEP_SCALE, euler_step, resolution_mu
+from dreamlite.flow import TIMESTEP_SCALE, euler_step, ddim_step, resolution_mu
 from dreamlite.incontext import pack, unpack
 
 # Resolution shift of the official pipeline (PIPELINE.md Sec. 6): fallbacks used when a scheduler config
@@ -158,14 +158,26 @@ def velocity(model: Callable, x_t: Tensor, t: Tensor, cond: Conditions, guidance
 
 @torch.no_grad()
 def sample(model: Callable, x: Tensor, sigmas: Tensor, cond: Conditions, guidance: Guidance = NO_GUIDANCE,
-           progress: bool = False, callback: Callable[[int, Tensor], None] | None = None) -> Tensor:
-    """Euler integration of the flow from sigmas[0] (noise x) to sigmas[-1]; returns the target latent."""
+           progress: bool = False, callback: Callable[[int, Tensor], None] | None = None, eta: float = 0.0,
+           noise_sampler: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Integrate the flow from sigmas[0] (noise x) to sigmas[-1]; returns the target latent.
+
+    ``eta`` = 0: Euler steps (the deterministic ODE). ``eta`` in (0, 1]: ``flow.ddim_step``, a share eta of
+    each step's predicted noise replaced by fresh noise from ``noise_sampler(x)`` (a tensor shaped like x;
+    default ``torch.randn_like``); the last step, to sigma 0, adds none.
+    """
     if sigmas.ndim != 1 or len(sigmas) < 2:
         raise ValueError(f"sigmas must be a 1-D schedule of at least 2 values, got shape {tuple(sigmas.shape)}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    noise_sampler = noise_sampler or torch.randn_like
     for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="sampling", leave=False):
         t = sigmas[i].to(x.device).expand(x.shape[0])
         v = velocity(model, x, t, cond, guidance)
-        x = euler_step(x, v, sigmas[i], sigmas[i + 1])
+        if eta == 0.0 or float(sigmas[i + 1]) == 0.0:
+            x = euler_step(x, v, sigmas[i], sigmas[i + 1])
+        else:
+            x = ddim_step(x, v, sigmas[i], sigmas[i + 1], eta, noise_sampler(x).to(x.device))
         if callback is not None:
             callback(i, x)
     return x
