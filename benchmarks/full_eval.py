@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,7 +39,9 @@ def main() -> None:
     ap.add_argument("--image-guidance", type=float, default=None, help="source-image guidance scale (edits)")
     ap.add_argument("--guidance-max-sigma", type=float, default=None, help="guide only at noise levels <= this")
     ap.add_argument("--eta", type=float, default=None,
-                    help="sampler stochasticity in [0, 1]: 0 the Euler ODE, 1 ancestral steps (default: variant's)")
+                    help="sampler stochasticity to generate, in [0, 1]: 0 the Euler ODE, 1 ancestral (default: the "
+                         "variant's)")
+    ap.add_argument("--edit-eta", type=float, default=None, help="the same, to edit (default: the variant's)")
     ap.add_argument("--phrasings", choices=("canonical", "heldout"), default="canonical",
                     help="heldout: GenEval's rows re-worded and 240 other edits, in words no training prompt uses")
     ap.add_argument("--split", choices=("test", "val"), default="test",
@@ -53,7 +56,11 @@ def main() -> None:
     pipe = DreamLitePipeline.from_pretrained(args.model, variant=args.variant)
     call = {k: v for k, v in dict(num_inference_steps=args.steps, guidance_scale=args.guidance,
                                   image_guidance_scale=args.image_guidance,
-                                  guidance_max_sigma=args.guidance_max_sigma, eta=args.eta).items() if v is not None}
+                                  guidance_max_sigma=args.guidance_max_sigma).items() if v is not None}
+    etas = {k: v for k, v in (("eta", args.eta), ("edit_eta", args.edit_eta)) if v is not None}
+    if etas:  # per task, so set as the variant's defaults rather than as one call argument
+        pipe.defaults = replace(pipe.defaults, variants={**pipe.defaults.variants,
+                                                         pipe.variant: replace(pipe.settings, **etas)})
     t0 = time.perf_counter()
     if args.samples_per_prompt < 1:
         ap.error(f"--samples-per-prompt must be >= 1, got {args.samples_per_prompt}")

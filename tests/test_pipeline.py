@@ -240,16 +240,17 @@ def test_guidance_interval_is_a_variant_default_that_round_trips(pipe, tmp_path)
 
 
 def test_stochastic_sampling_is_a_variant_default_seeded_per_image(pipe, tmp_path):
-    """eta round-trips with the folder; each image's fresh noise comes from its own generator, so an image is the
-    same alone or in a batch, and the same seed gives the same image; eta changes it."""
+    """eta and edit_eta round-trip with the folder; each image's fresh noise comes from its own generator, so an
+    image is the same alone or in a batch, and the same seed gives the same image; eta changes it; an edit samples
+    with edit_eta."""
     from dataclasses import replace
     base = pipe.defaults.variants["base"]
-    variants = {**pipe.defaults.variants, "base": replace(base, eta=1.0)}
+    variants = {**pipe.defaults.variants, "base": replace(base, eta=1.0, edit_eta=0.5)}
     DreamLitePipeline(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder,
                       defaults=replace(pipe.defaults, variants=variants)).save_pretrained(tmp_path / "m")
     assert json.loads((tmp_path / "m" / "dreamlite.json").read_text())["variants"]["base"]["eta"] == 1.0
     loaded = DreamLitePipeline.from_pretrained(tmp_path / "m", text_encoder=pipe.text_encoder)
-    assert loaded.settings.eta == 1.0
+    assert (loaded.settings.eta, loaded.settings.edit_eta) == (1.0, 0.5)
 
     def run(p, prompts, seeds, **kw):
         return p(prompts, generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="latent",
@@ -259,5 +260,8 @@ def test_stochastic_sampling_is_a_variant_default_seeded_per_image(pipe, tmp_pat
     torch.testing.assert_close(pair[1:], run(loaded, ["a blue circle"], [4]), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(pair, run(pipe, ["a red star", "a blue circle"], [3, 4], eta=1.0))
     assert (pair - run(pipe, ["a red star", "a blue circle"], [3, 4])).abs().max() > 1e-2
+    src = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    torch.testing.assert_close(run(loaded, ["make it red"], [5], image=src), run(pipe, ["make it red"], [5],
+                                                                                 image=src, eta=0.5))
     with pytest.raises(ValueError, match=r"eta must be in \[0, 1\], got -0.5"):
         run(pipe, ["a red star"], [3], eta=-0.5)

@@ -321,7 +321,8 @@ def _add_sampling_args(p: argparse.ArgumentParser, edit: bool) -> None:
                    help="guide only at noise levels <= this, in (0, 1]; above it one conditional call per step "
                         "(default: the variant's)")
     p.add_argument("--eta", type=float, help="sampler stochasticity in [0, 1]: 0 = the deterministic Euler ODE, 1 = "
-                                             "ancestral (DDPM) steps (default: the variant's)")
+                                             "ancestral (DDPM) steps (default: the variant's "
+                                             + ("edit_eta)" if edit else "eta)"))
     p.add_argument("--backend", default="torch", help="torch (a model folder), onnx or executorch (an exported folder)")
     p.add_argument("--int8", action="store_true",
                    help="with --backend onnx or executorch: run the int8 U-Net and text encoder")

@@ -52,13 +52,16 @@ class VariantDefaults:
     # MiniLM layer this variant's U-Net reads (TextEncoderSpec.layer); None = the folder's text_encoder/spec.json.
     # Lets a student trained on one layer sit beside a base trained on another in one folder.
     text_layer: int | None = None
-    # stochasticity of the sampler (``flow.ddim_step``): 0 = the Euler ODE, 1 = ancestral (DDPM) steps
+    # stochasticity of the sampler (``flow.ddim_step``) to generate and to edit: 0 = the Euler ODE, 1 = ancestral
+    # (DDPM) steps. Separate because an edit's kept pixels pay for fresh noise (preservation) and a generation
+    # does not (BENCHMARKS.md, "Stochastic sampling").
     eta: float = 0.0
+    edit_eta: float = 0.0
 
 
 # Variant fields left out of a folder's JSON at their defaults, so folders written before the field existed and
 # folders written now read the same (and a saved folder does not change when an unrelated option is added).
-_UNSET_VARIANT_FIELDS = {("text_layer", None), ("guidance_max_sigma", 1.0), ("eta", 0.0)}
+_UNSET_VARIANT_FIELDS = {("text_layer", None), ("guidance_max_sigma", 1.0), ("eta", 0.0), ("edit_eta", 0.0)}
 
 
 @dataclass(frozen=True)
@@ -234,7 +237,9 @@ class DreamLitePipeline(DiffusionPipeline):
         to its source's (``buckets``: a table name of ``dreamlite.data.buckets``, or (w, h) pairs; default the
         model's, ``"square"`` = always the model's resolution, as the official default); the source is resized
         to it (LANCZOS) and the result is resized back to the source size. Edits of different buckets in one
-        call run as separate groups, in order; their outputs are then a list rather than one stacked array."""
+        call run as separate groups, in order; their outputs are then a list rather than one stacked array.
+        ``eta``: the sampler's stochasticity (``flow.ddim_step``), default the variant's ``eta`` to generate and
+        ``edit_eta`` to edit."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompt must be a string or a non-empty list of strings")
@@ -247,7 +252,8 @@ class DreamLitePipeline(DiffusionPipeline):
         guidance = Guidance(s.guidance_scale if guidance_scale is None else guidance_scale,
                             s.image_guidance_scale if image_guidance_scale is None else image_guidance_scale,
                             s.guidance_max_sigma if guidance_max_sigma is None else guidance_max_sigma)
-        eta = s.eta if eta is None else eta
+        if eta is None:
+            eta = s.eta if image is None else s.edit_eta
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
