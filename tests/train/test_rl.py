@@ -284,3 +284,16 @@ def test_rl_pools_use_training_seeds_and_avoid_benchmark_texts():
     # without the filter the canonical phrasings do produce benchmark prompts
     raw = rl_t2i_prompts(rl_rng(5, 0), 400, tag_weights={"single_object": 1.0}, exclude_benchmark=False)
     assert {p for p, _ in raw} & banned
+
+
+def test_stochastic_rollouts_draw_their_fresh_noise_from_the_rollout_generator():
+    """eta > 0 rollouts are reproducible from the generator alone, differ from the ODE's from the same start noise,
+    and leave the start noise (the NFT update's "rollout" mode) unchanged."""
+    cond = Conditions(text=torch.zeros(2, 1, 4), mask=torch.ones(2, 1), time_ids=torch.ones(2, 2))
+    run = lambda eta: collect_rollouts(GaussianPolicy(), cond, torch.linspace(1.0, 0.0, 5), 3, (2, 1, 1),  # noqa: E731
+                                       torch.Generator().manual_seed(5), eta=eta)
+    (x_ode, _, s_ode), (x_a, _, s_a), (x_b, _, _) = run(0.0), run(1.0), run(1.0)
+    assert torch.equal(x_a, x_b) and torch.equal(s_a, s_ode)
+    assert (x_a - x_ode).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="rollout_eta and rollout_edit_eta must be in"):
+        NFTConfig(rollout_eta=2.0)

@@ -72,6 +72,10 @@ class NFTConfig:
     t_std: float = 1.0
     noise: str = "fresh"  # noise of the update: "fresh" (DiffusionNFT) or "rollout" (each sample's starting noise)
     guidance: Guidance = field(default_factory=Guidance)  # rollout guidance only (NFT itself is CFG-free)
+    # the rollout sampler's stochasticity (``flow.ddim_step``; 0 = Euler) for generation and for edits, as a pipeline
+    # variant's ``eta`` / ``edit_eta`` (not the soft update's decay, which DiffusionNFT also calls eta)
+    rollout_eta: float = 0.0
+    rollout_edit_eta: float = 0.0
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -84,6 +88,9 @@ class NFTConfig:
             raise ValueError("epochs and minibatch must be >= 1")
         if self.noise not in NOISE_MODES:
             raise ValueError(f"unknown noise mode {self.noise!r}; known: {', '.join(NOISE_MODES)}")
+        if not (0 <= self.rollout_eta <= 1 and 0 <= self.rollout_edit_eta <= 1):
+            raise ValueError(f"rollout_eta and rollout_edit_eta must be in [0, 1], got {self.rollout_eta}, "
+                             f"{self.rollout_edit_eta}")
 
 
 # ------------------------------------------------------------------------------------------ rewards -> r
@@ -180,18 +187,19 @@ def select(cond: Conditions, index: Tensor) -> Conditions:
 @torch.no_grad()
 def collect_rollouts(old: Callable, cond: Conditions, sigmas: Tensor, group_size: int,
                      latent_shape: tuple[int, int, int], generator: torch.Generator,
-                     guidance: Guidance = NO_GUIDANCE, device: torch.device | str = "cpu"
+                     guidance: Guidance = NO_GUIDANCE, device: torch.device | str = "cpu", eta: float = 0.0
                      ) -> tuple[Tensor, Conditions, Tensor]:
     """K = ``group_size`` samples per prompt from the old policy: (latents [P*K, C, h, w], conditions [P*K],
     the noise each started from [P*K, C, h, w]).
 
-    ``cond`` holds P prompts; rows are prompt-major (``Conditions.repeat``). Noise is drawn on the CPU from
-    ``generator`` so a rollout is reproducible on any device.
+    ``cond`` holds P prompts; rows are prompt-major (``Conditions.repeat``). Noise (the start, and with ``eta`` > 0
+    each step's fresh noise) is drawn on the CPU from ``generator`` so a rollout is reproducible on any device.
     """
     rep = cond.repeat(group_size)
     n = rep.text.shape[0]
     noise = torch.randn(n, *latent_shape, generator=generator).to(device)
-    return sample(old, noise, sigmas, rep, guidance), rep, noise
+    fresh = lambda x: torch.randn(x.shape, generator=generator).to(x.device, x.dtype)  # noqa: E731
+    return sample(old, noise, sigmas, rep, guidance, eta=eta, noise_sampler=fresh), rep, noise
 
 
 def soft_update(old: torch.nn.Module, policy: torch.nn.Module, decay: float) -> None:
@@ -264,8 +272,9 @@ def nft_iteration(policy: torch.nn.Module, old: torch.nn.Module, optimizer: torc
     ``policy``, then soft-update ``old``. ``reward_fn(latents [P*K, C, h, w], conditions) -> [P*K]`` (see
     ``latent_reward`` to decode and score with a ``Reward``)."""
     device = next(policy.parameters()).device
+    eta = cfg.rollout_eta if cond.source is None else cfg.rollout_edit_eta
     x0, rep, start = collect_rollouts(old, cond, sigmas, cfg.group_size, latent_shape, generator, cfg.guidance,
-                                      device)
+                                      device, eta)
     raw = reward_fn(x0, rep).float().cpu()  # [P*K]
     if raw.shape != (x0.shape[0],):
         raise ValueError(f"reward_fn returned shape {tuple(raw.shape)} for {x0.shape[0]} samples")
