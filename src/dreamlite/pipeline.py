@@ -254,8 +254,6 @@ class DreamLitePipeline(DiffusionPipeline):
                             s.guidance_max_sigma if guidance_max_sigma is None else guidance_max_sigma)
         if eta is None:
             eta = s.eta if image is None else s.edit_eta
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {eta}")
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
         if len(negatives) != len(prompts):
             raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts")

@@ -162,9 +162,9 @@ def sample(model: Callable, x: Tensor, sigmas: Tensor, cond: Conditions, guidanc
            noise_sampler: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Integrate the flow from sigmas[0] (noise x) to sigmas[-1]; returns the target latent.
 
-    ``eta`` = 0: Euler steps (the deterministic ODE). ``eta`` in (0, 1]: ``flow.ddim_step``, a share eta of
-    each step's predicted noise replaced by fresh noise from ``noise_sampler(x)`` (a tensor shaped like x;
-    default ``torch.randn_like``); the last step, to sigma 0, adds none.
+    ``eta`` = 0: Euler steps (the deterministic ODE). ``eta`` in (0, 1]: ``flow.ddim_step``, stochastic DDIM
+    steps (1 = ancestral) whose fresh noise comes from ``noise_sampler(x)`` (a tensor shaped like x; default
+    ``torch.randn_like``); the last step, to sigma 0, adds none.
     """
     if sigmas.ndim != 1 or len(sigmas) < 2:
         raise ValueError(f"sigmas must be a 1-D schedule of at least 2 values, got shape {tuple(sigmas.shape)}")
