@@ -58,6 +58,8 @@ def main() -> None:
                                   image_guidance_scale=args.image_guidance,
                                   guidance_max_sigma=args.guidance_max_sigma).items() if v is not None}
     etas = {k: v for k, v in (("eta", args.eta), ("edit_eta", args.edit_eta)) if v is not None}
+    if any(not 0 <= v <= 1 for v in etas.values()):
+        ap.error(f"--eta and --edit-eta must be in [0, 1], got {etas}")
     if etas:  # per task, so set as the variant's defaults rather than as one call argument
         pipe.defaults = replace(pipe.defaults, variants={**pipe.defaults.variants,
                                                          pipe.variant: replace(pipe.settings, **etas)})
