@@ -52,14 +52,14 @@ def main() -> None:
                          "i * K + k, so K = 1 is the benchmark's single image and K = 4 quarters its noise)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    etas = {k: v for k, v in (("eta", args.eta), ("edit_eta", args.edit_eta)) if v is not None}
+    if any(not 0 <= v <= 1 for v in etas.values()):
+        ap.error(f"--eta and --edit-eta must be in [0, 1], got {etas}")
     torch.set_num_threads(args.threads)
     pipe = DreamLitePipeline.from_pretrained(args.model, variant=args.variant)
     call = {k: v for k, v in dict(num_inference_steps=args.steps, guidance_scale=args.guidance,
                                   image_guidance_scale=args.image_guidance,
                                   guidance_max_sigma=args.guidance_max_sigma).items() if v is not None}
-    etas = {k: v for k, v in (("eta", args.eta), ("edit_eta", args.edit_eta)) if v is not None}
-    if any(not 0 <= v <= 1 for v in etas.values()):
-        ap.error(f"--eta and --edit-eta must be in [0, 1], got {etas}")
     if etas:  # per task, so set as the variant's defaults rather than as one call argument
         pipe.defaults = replace(pipe.defaults, variants={**pipe.defaults.variants,
                                                          pipe.variant: replace(pipe.settings, **etas)})
