@@ -24,16 +24,18 @@ from dreamlite.pipeline import DreamLitePipeline
 from dreamlite.train.evaluate import model_fns
 
 
-def numbers(cast: type, low: float):
-    """An argparse type: comma-separated numbers, each >= ``low`` (one argument, e.g. ``1.5,2,2.5``)."""
+def numbers(cast: type, low: float, high: float | None = None):
+    """An argparse type: comma-separated numbers, each >= ``low`` (and <= ``high`` when given; one argument, e.g.
+    ``1.5,2,2.5``). Also used by ``sampler_eta.py``."""
+    bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
 
     def parse(text: str) -> list:
         try:
             values = [cast(x) for x in text.split(",") if x.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-        if not values or any(v < low for v in values):
-            raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= {low}, got {text!r}")
+        if not values or any(v < low or (high is not None and v > high) for v in values):
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers {bounds}, got {text!r}")
         return values
 
     return parse

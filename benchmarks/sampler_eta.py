@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import torch
+from edit_guidance import numbers  # a sibling script (benchmarks/ is on sys.path when run as a script)
 from PIL import Image, ImageDraw
 
 from dreamlite.bench import build, geneval
@@ -26,16 +27,6 @@ from dreamlite.shapes.tasks import GENEVAL_VAL_SEED, VAL_NOISE_SEED
 from dreamlite.train.evaluate import model_fns
 
 FIGURE_TAGS = ("two_object", "color_attr")
-
-
-def etas(text: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(not 0 <= v <= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in [0, 1], got {text!r}")
-    return values
 
 
 def figure(out: Path, rows: list[dict], values: list[float], path: Path, per_tag: int = 4, side: int = 96) -> None:
@@ -61,7 +52,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", type=Path, help="model folder (dreamlite.json, unet/, vae/, ...)")
     ap.add_argument("out", type=Path, help="output folder")
-    ap.add_argument("--etas", type=etas, default=[0.0, 0.5, 1.0], help="comma-separated, each in [0, 1]")
+    ap.add_argument("--etas", type=numbers(float, 0.0, 1.0), default=[0.0, 0.5, 1.0],
+                    help="comma-separated, each in [0, 1]")
     ap.add_argument("--variant", choices=("base", "mobile"), default=None, help="default: the model's default")
     ap.add_argument("--split", choices=("test", "val"), default="test",
                     help="val: the validation split's 600 rows and noise (choose here), test: the benchmark")

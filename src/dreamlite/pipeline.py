@@ -311,9 +311,9 @@ class DreamLitePipeline(DiffusionPipeline):
             uncond_text=None if neg is None else neg.to(device, dtype),
             uncond_mask=None if neg_mask is None else neg_mask.to(device),
         ).repeat(n)
-        noise = self.initial_noise(B * n, height // f, width // f, generator)
-        sigmas = make_sigmas(steps, height // f, width // f, self.scheduler)
-        h, w = noise.shape[2:]
+        h, w = height // f, width // f  # the target latent
+        noise = self.initial_noise(B * n, h, w, generator)
+        sigmas = make_sigmas(steps, h, w, self.scheduler)
         return sample(self.unet, noise.to(device, dtype), sigmas, cond, guidance, progress=progress, eta=eta,
                       noise_sampler=lambda x: self.initial_noise(len(x), h, w, generator).to(x.device, x.dtype))
 
