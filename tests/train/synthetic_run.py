@@ -1,10 +1,11 @@
 """A tiny, fully deterministic training run on synthetic pools (no trained VAE, no text model).
 
 Used by the kill-and-resume and DDP tests as a subprocess:
-    python tests/train/synthetic_run.py RUN_DIR [--resume] [--steps-per-stage N] [--dump FILE] [--post]
+    python tests/train/synthetic_run.py RUN_DIR [--resume] [--steps-per-stage N] [--dump FILE] [--post | --dmd]
 
 ``--post`` runs flow -> rl -> distill (``post_recipe``) with a tiny random VAE and a fake reward that is a
-deterministic function of the decoded images (registered as ``"fake"`` in ``rl_stage.REWARDS``).
+deterministic function of the decoded images (registered as ``"fake"`` in ``rl_stage.REWARDS``). ``--dmd`` runs
+flow -> dmd (``dmd_recipe``: the start of the dmd stage is its own teacher).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from safetensors.torch import save_file
 
 from dreamlite.models.vae import VAEConfig, make_vae
 from dreamlite.train.config import CorpusConfig, DataMix, DistillStageConfig, Recipe, RLStageConfig, StageConfig
+from dreamlite.train.dmd import DMDConfig
 from dreamlite.train.rl import NFTConfig
 from dreamlite.train.corpus import Pool, TextBank
 from dreamlite.train.recipe import Components, run_recipe
@@ -90,6 +92,17 @@ def post_recipe(flow_steps: int = 3, rl_iters: int = 6, round_steps: int = 2) ->
                                       warmup_steps=1, ema_decay=0.0, kind="distill", distill=distill)))
 
 
+def dmd_recipe(flow_steps: int = 3, dmd_iters: int = 6) -> Recipe:
+    """flow (t2i) -> dmd (t2i and edits with guidance, a 2-step student, 2 fake updates per iteration)."""
+    dmd = DMDConfig(guidance_scale=2.0, image_guidance_scale=1.5, student_steps=2, fake_updates=2, fake_warmup=2)
+    return Recipe(name="synthetic-dmd", preset="tiny", unet_overrides=UNET, checkpoint_every=3,
+                  corpus=CorpusConfig(image_size=32),
+                  stages=(StageConfig("t2i", DataMix(1.0, 0.0), steps=flow_steps, lr=1e-3, batch_size=4,
+                                      warmup_steps=2),
+                          StageConfig("dmd", DataMix(0.5, 0.5), steps=dmd_iters, lr=1e-4, batch_size=4,
+                                      warmup_steps=1, ema_decay=0.5, kind="dmd", dmd=dmd)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
@@ -98,6 +111,7 @@ def main() -> None:
     ap.add_argument("--dump", help="write this rank's final weights to FILE.rank<k>.safetensors")
     ap.add_argument("--slow", type=float, default=0.0, help="seconds to sleep per step (kill tests)")
     ap.add_argument("--post", action="store_true", help="flow -> rl -> distill with a tiny VAE and a fake reward")
+    ap.add_argument("--dmd", action="store_true", help="flow -> dmd")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.slow:
@@ -109,7 +123,7 @@ def main() -> None:
                        pools={"t2i": make_pool("t2i", 64, 1), "edit": make_pool("edit", 64, 2)})
     if args.post:
         register_fake_reward()
-    r = post_recipe() if args.post else recipe(args.steps_per_stage)
+    r = post_recipe() if args.post else dmd_recipe() if args.dmd else recipe(args.steps_per_stage)
     run_recipe(r, Path(args.run_dir), resume=args.resume, evaluate=False, components=comps)
     if args.dump:
         from accelerate import PartialState

@@ -21,7 +21,7 @@ from dreamlite.train.rl import NFTConfig
 HERE = Path(__file__).parent
 SCRIPT = str(HERE / "synthetic_run.py")
 sys.path.insert(0, str(HERE))
-from synthetic_run import FakeEncoder, make_pool, post_recipe, tiny_vae  # noqa: E402
+from synthetic_run import FakeEncoder, dmd_recipe, make_pool, post_recipe, tiny_vae  # noqa: E402
 from test_loop import ENV  # noqa: E402
 
 
@@ -45,6 +45,10 @@ def test_stage_kinds_round_trip_through_json_and_validate():
         StageConfig("x", mix, 1, 1e-3, 4, distill=DistillStageConfig())
     with pytest.raises(ValueError, match="times a power of 2"):
         DistillStageConfig(start_steps=24, final_steps=4)
+    with pytest.raises(ValueError, match="kind 'dmd' needs its 'dmd' config"):
+        StageConfig("x", mix, 1, 1e-3, 4, kind="dmd")
+    d = dmd_recipe()
+    assert Recipe.from_dict(json.loads(d.to_json())).stages == d.stages and d.stages[1].dmd.student_steps == 2
     with pytest.raises(ValueError, match="must be the last stage"):
         replace(r, stages=(r.stages[2], r.stages[0]))
     bad = json.loads(r.to_json())
@@ -108,17 +112,17 @@ def test_image_stats_flag_dirty_backgrounds():
 
 
 # ------------------------------------------------------------------------------------------------ resume
-def _final(run_dir: Path) -> dict[str, torch.Tensor]:
+def _final(run_dir: Path, extras: tuple[str, ...] = ("ema", "teacher")) -> dict[str, torch.Tensor]:
     ckpt = latest_checkpoint(run_dir)
     out = {k: v for k, v in load_file(str(ckpt / "unet" / "diffusion_pytorch_model.safetensors")).items()}
-    for extra in ("ema", "teacher"):
+    for extra in extras:
         out.update({f"{extra}.{k}": v for k, v in load_file(str(ckpt / f"{extra}.safetensors")).items()})
     return out
 
 
-def _kill_inside(run_dir: Path, stage_index: int, args: list[str]) -> dict:
+def _kill_inside(run_dir: Path, stage_index: int, args: list[str], mode: str = "--post") -> dict:
     """Start the run, SIGKILL it once a checkpoint inside ``stage_index`` exists plus some lost work."""
-    proc = subprocess.Popen([sys.executable, SCRIPT, str(run_dir), "--post", "--slow", "0.3", *args], env=ENV,
+    proc = subprocess.Popen([sys.executable, SCRIPT, str(run_dir), mode, "--slow", "0.3", *args], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -159,6 +163,26 @@ def test_sigkill_inside_rl_and_distill_stages_then_resume_matches_uninterrupted(
         assert by_it[r["iteration"]] == pytest.approx(r, abs=1e-6)
     assert r["drift"] > 0 and (full / "rl_watch.png").stat().st_size > 0
     assert (full / "stages" / "distill" / "base.safetensors").is_file()
+
+
+def test_sigkill_inside_a_dmd_stage_then_resume_matches_uninterrupted(tmp_path):
+    """The student, its EMA, the fake network and the fake's optimizer state all resume exactly."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    subprocess.run([sys.executable, SCRIPT, str(full), "--dmd"], check=True, env=ENV, capture_output=True)
+    at_dmd = _kill_inside(cut, 1, [], mode="--dmd")
+    assert at_dmd["stage_index"] == 1 and 0 < at_dmd["step"] < 6, at_dmd
+    assert (latest_checkpoint(cut) / "fake_optimizer.pt").is_file()
+    subprocess.run([sys.executable, SCRIPT, str(cut), "--dmd", "--resume"], check=True, env=ENV, capture_output=True)
+    a, b = _final(full, ("ema", "fake")), _final(cut, ("ema", "fake"))
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= 1e-6, worst
+    start = load_file(str(full / "stages" / "dmd" / "teacher.safetensors"))
+    moved = max((a[k] - start[k]).abs().max().item() for k in start)
+    fake_moved = max((a[f"fake.{k}"] - start[k]).abs().max().item() for k in start)
+    assert moved > 0 and fake_moved > 0  # both the student and the fake network learnt
+    rows = [json.loads(x) for x in (full / "loss.jsonl").read_text().splitlines() if '"dmd"' in x]
+    assert rows and all(r["stage"] == "dmd" for r in rows)
 
 
 # ------------------------------------------------------------------------------------ the collapse guard

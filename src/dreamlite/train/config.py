@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, get_type_hints
 
 from dreamlite.models.vae import VAEConfig
+from dreamlite.train.dmd import DMDConfig
 from dreamlite.train.rewards import EditReward, GenEvalReward
 from dreamlite.train.rl import NFTConfig
 
-STAGE_KINDS = ("flow", "rl", "distill")
+STAGE_KINDS = ("flow", "rl", "distill", "dmd")
 
 
 @dataclass(frozen=True)
@@ -154,14 +155,16 @@ class StageConfig:
     # objects' masks, on the cross-attention maps at least ``ground_min_side`` tokens on a side.
     ground_weight: float = 0.0
     ground_min_side: int = 1
-    kind: str = "flow"  # "flow" (train.loop), "rl" (DiffusionNFT, needs ``rl``), "distill" (needs ``distill``)
+    # "flow" (train.loop), "rl" (DiffusionNFT, needs ``rl``), "distill" (needs ``distill``), "dmd" (needs ``dmd``)
+    kind: str = "flow"
     rl: RLStageConfig | None = None
     distill: DistillStageConfig | None = None
+    dmd: DMDConfig | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in STAGE_KINDS:
             raise ValueError(f"stage {self.name!r}: unknown kind {self.kind!r}; known: {', '.join(STAGE_KINDS)}")
-        for kind in ("rl", "distill"):
+        for kind in ("rl", "distill", "dmd"):
             has = getattr(self, kind) is not None
             if self.kind == kind and not has:
                 raise ValueError(f"stage {self.name!r}: kind {kind!r} needs its '{kind}' config")

@@ -228,9 +228,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def save_checkpoint(run_dir: Path, accelerator: Accelerator, unet, ema: EMA, optimizer, scheduler,
                     generator: torch.Generator, state: LoopState, keep: int = 2,
-                    extra: dict[str, torch.nn.Module] | None = None) -> Path:
+                    extra: dict[str, torch.nn.Module] | None = None,
+                    extra_optimizers: dict[str, torch.optim.Optimizer] | None = None) -> Path:
     """Atomic: everything goes into a temp folder that is renamed only when complete. ``extra`` models (the RL
-    old policy, a distillation teacher) are saved as ``<name>.safetensors``, read back with ``load_extra``."""
+    old policy, a distillation teacher) are saved as ``<name>.safetensors``, read back with ``load_extra``;
+    ``extra_optimizers`` (a DMD fake network's) as ``<name>_optimizer.pt``, read back by ``load_checkpoint``."""
     ckpts = run_dir / "checkpoints"
     name = f"ckpt-{state.global_step:07d}"
     tmp = ckpts / f".{name}.tmp"
@@ -252,6 +254,8 @@ def save_checkpoint(run_dir: Path, accelerator: Accelerator, unet, ema: EMA, opt
         for key, module in (extra or {}).items():
             weights = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
             save_file(weights, str(tmp / f"{key}.safetensors"))
+        for key, opt in (extra_optimizers or {}).items():
+            torch.save(opt.state_dict(), tmp / f"{key}_optimizer.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = ckpts / name
@@ -267,11 +271,14 @@ def save_checkpoint(run_dir: Path, accelerator: Accelerator, unet, ema: EMA, opt
 
 
 def load_checkpoint(path: Path, accelerator: Accelerator, unet, ema: EMA, optimizer, scheduler,
-                    generator: torch.Generator) -> LoopState:
+                    generator: torch.Generator,
+                    extra_optimizers: dict[str, torch.optim.Optimizer] | None = None) -> LoopState:
     weights = load_file(str(path / "unet" / "diffusion_pytorch_model.safetensors"))
     accelerator.unwrap_model(unet).load_state_dict(weights)
     ema.shadow = load_file(str(path / "ema.safetensors"))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    for key, opt in (extra_optimizers or {}).items():
+        opt.load_state_dict(torch.load(path / f"{key}_optimizer.pt", weights_only=True))
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
     rng = path / f"rng_rank{accelerator.process_index}.safetensors"
     generator.set_state(load_file(str(rng))["state"])

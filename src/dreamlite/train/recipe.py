@@ -267,6 +267,9 @@ def run_stage(ctx: StageContext, stage: StageConfig, state: LoopState, resume_fr
     if stage.kind == "distill":
         from dreamlite.train.distill_stage import run_distill_stage
         return run_distill_stage(ctx, stage, state, resume_from, stop_after)
+    if stage.kind == "dmd":
+        from dreamlite.train.dmd_stage import run_dmd_stage
+        return run_dmd_stage(ctx, stage, state, resume_from, stop_after)
     make_sampler = partial(BatchSampler, ctx.pools, image_size=ctx.recipe.corpus.image_size,
                            mirror=prepare_mirror_set(ctx, stage))
     return train_stage(ctx.accelerator, ctx.unet, ctx.ema, make_sampler, stage, ctx.uncond, state, ctx.run_dir,

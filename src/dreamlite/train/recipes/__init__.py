@@ -14,7 +14,7 @@ from dreamlite.train.config import Recipe
 
 # each defines ``RECIPES``: name -> Recipe (plain configs, cheap to import)
 _MODULES = ("shapes_tiny", "shapes_tiny_rounds", "shapes_tiny_consolidation", "shapes_tiny_grounding",
-            "shapes_tiny_resolution", "dreamlite_039b")
+            "shapes_tiny_resolution", "shapes_tiny_dmd", "dreamlite_039b")
 
 
 def _registry() -> dict[str, str]:

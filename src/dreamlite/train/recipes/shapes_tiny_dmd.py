@@ -1,0 +1,25 @@
+"""Distribution matching distillation of the 4-step student (session 25; ``dreamlite.train.dmd``).
+
+The shipped base samples with stochastic steps (``eta`` 1) and reads GenEval 0.810 at four images per prompt; the
+shipped 4-step student, distilled from its ODE steps and tuned by RL, reads 0.750 and stochastic steps do not help
+it. Regression onto ODE steps cannot carry what the stochastic sampler adds, so this stage matches distributions
+instead: the shipped ``unet_mobile/`` is the student, the shipped base with its guidance (3.0 / 2.5) the real
+denoiser, and a fake network (a copy of the base) follows the student's samples."""
+
+from dataclasses import replace
+
+from dreamlite.train.config import DataMix, StageConfig
+from dreamlite.train.dmd import DMDConfig
+from dreamlite.train.recipes.shapes_tiny_consolidation import BIND_TAG_WEIGHTS, SHAPES_TINY_CONSOLIDATE5_MOBILE_RL2
+
+_SHIP = "checkpoints/dreamlite-tiny-shapes"
+DMD_STAGE = StageConfig("dmd", DataMix(t2i=0.7, edit=0.3, tag_weights=BIND_TAG_WEIGHTS), steps=600, lr=2e-5,
+                        batch_size=64, warmup_steps=20, ema_decay=0.99, kind="dmd",
+                        dmd=DMDConfig(teacher=_SHIP, guidance_scale=3.0, image_guidance_scale=2.5, student_steps=4,
+                                      fake_updates=2, fake_lr=1e-4, fake_warmup=50))
+SHAPES_TINY_MOBILE_DMD = replace(
+    SHAPES_TINY_CONSOLIDATE5_MOBILE_RL2, name="shapes-tiny-mobile-dmd", init_from=f"{_SHIP}/unet_mobile",
+    corpus=replace(SHAPES_TINY_CONSOLIDATE5_MOBILE_RL2.corpus, n_t2i=10_000, n_edit=10_000, seed=830_000),
+    stages=(DMD_STAGE,))
+
+RECIPES = {"shapes-tiny-mobile-dmd": SHAPES_TINY_MOBILE_DMD}
