@@ -13,10 +13,14 @@ denoised estimate with its guidance (2-way CFG to generate, 3-way to edit: ``sam
 the teacher's guided velocity field defines, which the shipped base reaches better with stochastic steps than
 with the ODE (BENCHMARKS.md, "Stochastic sampling").
 
-The student is a few-step Euler sampler on ``make_sigmas(N)`` (the mobile variant). Its sample at step k is
-x0_hat = x0_from_velocity(x_k, v_G(x_k), sigma_k); x_k comes from running its own earlier steps without
-gradient from pure noise (DMD2's backward simulation: training sees the inputs the deployed sampler meets).
-The fake network takes ``fake_updates`` flow-matching steps per student step (DMD2's two time-scale rule).
+The student is a few-step Euler sampler on ``make_sigmas(N)`` (the mobile variant), and by default x0_hat is
+what it deploys: the end of its N Euler steps from pure noise (the last step lands on sigma = 0, so it is that
+step's x0 estimate), with the gradient through the last ``grad_steps`` network calls and the earlier ones run
+without it (DMD2's backward simulation). DMD2 applies the loss to the x0 estimate of a *random* step
+(``student_step="random"``), which is a sample for its sampler, which re-noises each estimate with fresh noise;
+an Euler step's early x0 estimates are conditional means (blurred), and pushing them towards sharp samples
+changes the path the deployed sampler takes (BENCHMARKS.md, "Distribution matching"). The fake network takes
+``fake_updates`` flow-matching steps per student step (DMD2's two time-scale rule).
 One time convention (``dreamlite.flow``): t is the noise level, x_t = (1 - t) x0 + t noise.
 """
 
@@ -43,6 +47,9 @@ class DMDConfig:
     guidance_scale: float = 3.0  # the teacher's text guidance (the real distribution is the guided one)
     image_guidance_scale: float = 2.5  # and its image guidance for edits (the shipped base's default)
     student_steps: int = 4  # the student's Euler steps on make_sigmas(student_steps, h, w)
+    # which x0 estimate the loss sees: "final" (the deployed sample) or "random" (a random step's, as DMD2)
+    student_step: str = "final"
+    grad_steps: int = 0  # how many of the last network calls carry the gradient; 0 = all of them
     fake_updates: int = 2  # fake network steps per student step (DMD2 uses 5)
     fake_lr: float = 1e-4
     fake_warmup: int = 50  # iterations at the start in which only the fake network learns
@@ -53,6 +60,11 @@ class DMDConfig:
         if self.student_steps < 1 or self.fake_updates < 1 or self.fake_warmup < 0 or self.fake_lr <= 0:
             raise ValueError(f"dmd: need student_steps >= 1, fake_updates >= 1, fake_warmup >= 0 and fake_lr > 0, "
                              f"got {self.student_steps}, {self.fake_updates}, {self.fake_warmup}, {self.fake_lr}")
+        if self.student_step not in ("final", "random"):
+            raise ValueError(f"dmd: student_step must be 'final' or 'random', got {self.student_step!r}")
+        if not 0 <= self.grad_steps <= self.student_steps:
+            raise ValueError(f"dmd: grad_steps must be in [0, student_steps = {self.student_steps}], got "
+                             f"{self.grad_steps}")
         if not 0 < self.t_min < self.t_max <= 1:
             raise ValueError(f"dmd: need 0 < t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
         Guidance(self.guidance_scale, self.image_guidance_scale)  # checks the scales now, not when the stage runs
@@ -62,18 +74,23 @@ class DMDConfig:
         return Guidance(self.guidance_scale, self.image_guidance_scale)
 
 
-def student_sample(student: Callable, noise: Tensor, sigmas: Tensor, step: int, cond: Conditions) -> Tensor:
-    """The student's denoised sample x0_hat [B, C, h, w] at its step ``step`` (0 <= step < N) from ``noise``:
-    steps 0..step-1 run without gradient (backward simulation), step ``step``'s prediction keeps it."""
-    if not 0 <= step < sigmas.numel() - 1:
-        raise ValueError(f"step {step} outside the student's {sigmas.numel() - 1} steps")
+def student_sample(student: Callable, noise: Tensor, sigmas: Tensor, cond: Conditions, step: int | None = None,
+                   grad_steps: int = 0) -> Tensor:
+    """The student's x0 estimate [B, C, h, w] at its step ``step`` (None = the last: the sample it deploys, as the
+    last Euler step lands on sigma = 0) after Euler steps 0..step-1 from ``noise``. The last ``grad_steps`` network
+    calls (0 = all) keep the gradient, the earlier ones run without it."""
+    n = sigmas.numel() - 1
+    step = n - 1 if step is None else step
+    if not 0 <= step < n or not 0 <= grad_steps:
+        raise ValueError(f"step {step} outside the student's {n} steps, or grad_steps {grad_steps} < 0")
     x, B = noise, noise.shape[0]
     sig = sigmas.float().to(noise.device)
-    with torch.no_grad():
-        for i in range(step):
-            x = euler_step(x, velocity(student, x, sig[i].expand(B), cond), sig[i], sig[i + 1])
-    t = sig[step].expand(B)
-    return x0_from_velocity(x, velocity(student, x, t, cond), t)
+    first_grad = 0 if grad_steps == 0 else step + 1 - grad_steps
+    for i in range(step + 1):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and i >= first_grad):
+            v = velocity(student, x, sig[i].expand(B), cond)
+            x = euler_step(x, v, sig[i], sig[i + 1]) if i < step else x0_from_velocity(x, v, sig[i].expand(B))
+    return x
 
 
 @torch.no_grad()
@@ -108,7 +125,6 @@ def uniform_t(n: int, cfg: DMDConfig, generator: torch.Generator) -> Tensor:
 class DMDStats:
     student_loss: float  # nan in the fake network's warm-up
     fake_loss: float  # mean over the iteration's fake updates
-    step: int  # the student step whose sample was drawn
 
 
 def _optimise(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor, grad_clip: float,
@@ -128,17 +144,18 @@ def dmd_iteration(student: torch.nn.Module, fake: torch.nn.Module, real: Callabl
                   draw_batch: Callable[[torch.Generator], tuple[Tensor, Conditions]], sigmas: Tensor, cfg: DMDConfig,
                   generator: torch.Generator, update_student: bool = True, grad_clip: float = 1.0,
                   backward: Callable[[Tensor], None] | None = None) -> DMDStats:
-    """One iteration: draw conditions, sample the student at a random step, take a student step along the DMD
-    direction (unless ``update_student`` is False: the fake's warm-up), then ``cfg.fake_updates`` fake steps on
-    that sample. ``optimizers`` = (student's, fake's); all randomness comes from ``generator`` (CPU)."""
+    """One iteration: draw conditions, sample the student, take a student step along the DMD direction (unless
+    ``update_student`` is False: the fake's warm-up), then ``cfg.fake_updates`` fake steps on that sample.
+    ``optimizers`` = (student's, fake's); all randomness comes from ``generator`` (CPU)."""
     opt_student, opt_fake = optimizers
     x_shape, cond = draw_batch(generator)  # data latents give the shape only: DMD needs no data
     B, device = x_shape.shape[0], x_shape.device
     draw = lambda: torch.randn(x_shape.shape, generator=generator).to(device, x_shape.dtype)  # noqa: E731
-    k = int(torch.randint(0, sigmas.numel() - 1, (1,), generator=generator))
+    step = None if cfg.student_step == "final" else int(torch.randint(0, sigmas.numel() - 1, (1,),
+                                                                      generator=generator))
     student.train()
     with torch.set_grad_enabled(update_student):
-        x0_hat = student_sample(student, draw(), sigmas, k, cond)  # [B, C, h, w]
+        x0_hat = student_sample(student, draw(), sigmas, cond, step, cfg.grad_steps)  # [B, C, h, w]
     noise, t = draw(), uniform_t(B, cfg, generator).to(device)
     student_value = float("nan")
     if update_student:
@@ -148,7 +165,7 @@ def dmd_iteration(student: torch.nn.Module, fake: torch.nn.Module, real: Callabl
     fake.train()
     values = [_optimise(fake, opt_fake, fake_loss(fake, sample, draw(), uniform_t(B, cfg, generator).to(device), cond),
                         grad_clip, backward) for _ in range(cfg.fake_updates)]
-    return DMDStats(student_value, sum(values) / len(values), k)
+    return DMDStats(student_value, sum(values) / len(values))
 
 
 __all__ = ["DMDConfig", "DMDStats", "dmd_direction", "dmd_iteration", "dmd_loss", "fake_loss", "student_sample",

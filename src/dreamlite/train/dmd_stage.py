@@ -99,7 +99,7 @@ def run_dmd_stage(ctx: StageContext, stage: StageConfig, state: LoopState, resum
         bar.update(1)
         bar.set_postfix(fake=f"{stats.fake_loss:.4f}", dmd=f"{stats.student_loss:.3f}" if learning else "warm-up")
         if state.step % 10 == 0 or state.step == stage.steps:
-            row = {"stage": stage.name, "step": state.global_step, "loss": stats.fake_loss, "k": stats.step}
+            row = {"stage": stage.name, "step": state.global_step, "loss": stats.fake_loss}
             if math.isfinite(stats.student_loss):
                 row["dmd"] = stats.student_loss
             log_stage_row(ctx.run_dir, acc, row)

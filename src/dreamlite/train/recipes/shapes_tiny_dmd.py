@@ -16,10 +16,17 @@ _SHIP = "checkpoints/dreamlite-tiny-shapes"
 DMD_STAGE = StageConfig("dmd", DataMix(t2i=0.7, edit=0.3, tag_weights=BIND_TAG_WEIGHTS), steps=600, lr=2e-5,
                         batch_size=64, warmup_steps=20, ema_decay=0.99, kind="dmd",
                         dmd=DMDConfig(teacher=_SHIP, guidance_scale=3.0, image_guidance_scale=2.5, student_steps=4,
+                                      student_step="random", grad_steps=1,
                                       fake_updates=2, fake_lr=1e-4, fake_warmup=50))
 SHAPES_TINY_MOBILE_DMD = replace(
     SHAPES_TINY_CONSOLIDATE5_MOBILE_RL2, name="shapes-tiny-mobile-dmd", init_from=f"{_SHIP}/unet_mobile",
     corpus=replace(SHAPES_TINY_CONSOLIDATE5_MOBILE_RL2.corpus, n_t2i=10_000, n_edit=10_000, seed=830_000),
     stages=(DMD_STAGE,))
+# The loss on the sample the student deploys (the end of its four Euler steps, gradient through all four), not on
+# a random step's x0 estimate.
+SHAPES_TINY_MOBILE_DMD_FINAL = replace(
+    SHAPES_TINY_MOBILE_DMD, name="shapes-tiny-mobile-dmd-final",
+    stages=(replace(DMD_STAGE, name="dmd-final", steps=400,
+                    dmd=replace(DMD_STAGE.dmd, student_step="final", grad_steps=0)),))
 
-RECIPES = {"shapes-tiny-mobile-dmd": SHAPES_TINY_MOBILE_DMD}
+RECIPES = {"shapes-tiny-mobile-dmd": SHAPES_TINY_MOBILE_DMD, "shapes-tiny-mobile-dmd-final": SHAPES_TINY_MOBILE_DMD_FINAL}
