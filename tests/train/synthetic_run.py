@@ -108,16 +108,24 @@ def main() -> None:
     ap.add_argument("run_dir")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--steps-per-stage", type=int, default=8)
-    ap.add_argument("--dump", help="write this rank's final weights to FILE.rank<k>.safetensors")
+    ap.add_argument("--dump", help="write this rank's own final weights (every optimised tensor, as held in this "
+                                   "process's memory) to FILE.rank<k>.safetensors")
     ap.add_argument("--slow", type=float, default=0.0, help="seconds to sleep per step (kill tests)")
     ap.add_argument("--post", action="store_true", help="flow -> rl -> distill with a tiny VAE and a fake reward")
     ap.add_argument("--dmd", action="store_true", help="flow -> dmd")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    if args.slow:
-        import time
-        orig = torch.optim.AdamW.step
-        torch.optim.AdamW.step = lambda self, *a, **k: (time.sleep(args.slow), orig(self, *a, **k))[1]
+    stepped: dict[int, torch.optim.Optimizer] = {}  # every optimizer that took a step, in order (for --dump)
+    orig = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        if args.slow:
+            import time
+            time.sleep(args.slow)
+        stepped.setdefault(id(self), self)
+        return orig(self, *a, **k)
+
+    torch.optim.AdamW.step = step
     vae = tiny_vae() if args.post else SimpleNamespace(config=SimpleNamespace(latent_channels=4))
     comps = Components(vae=vae, encoder=FakeEncoder(),
                        pools={"t2i": make_pool("t2i", 64, 1), "edit": make_pool("edit", 64, 2)})
@@ -125,12 +133,11 @@ def main() -> None:
         register_fake_reward()
     r = post_recipe() if args.post else dmd_recipe() if args.dmd else recipe(args.steps_per_stage)
     run_recipe(r, Path(args.run_dir), resume=args.resume, evaluate=False, components=comps)
-    if args.dump:
+    if args.dump:  # this process's own tensors, not the checkpoint (which rank 0 alone writes)
         from accelerate import PartialState
-        from dreamlite.train.loop import latest_checkpoint
-        from safetensors.torch import load_file
         rank = PartialState().process_index
-        w = load_file(str(latest_checkpoint(Path(args.run_dir)) / "unet" / "diffusion_pytorch_model.safetensors"))
+        w = {f"opt{i}.p{j}": p.detach().clone().contiguous() for i, opt in enumerate(stepped.values())
+             for j, p in enumerate(p for group in opt.param_groups for p in group["params"])}
         save_file(w, f"{args.dump}.rank{rank}.safetensors")
 
 

@@ -185,6 +185,20 @@ def test_sigkill_inside_a_dmd_stage_then_resume_matches_uninterrupted(tmp_path):
     assert rows and all(r["stage"] == "dmd" for r in rows)
 
 
+def test_two_process_dmd_ranks_end_identical(tmp_path):
+    """Under DDP (2 CPU processes, gloo) the student's several calls per update and the fake network's updates stay
+    in step: both ranks end with the same student and the same fake network (each rank dumps its own tensors)."""
+    dump = tmp_path / "w"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+           SCRIPT, str(tmp_path / "ddp"), "--dmd", "--dump", str(dump)]
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r0, r1 = load_file(f"{dump}.rank0.safetensors"), load_file(f"{dump}.rank1.safetensors")
+    # the flow stage's optimizer, then the fake network's (it learns first), then the student's
+    assert sorted({k.split(".")[0] for k in r0}) == ["opt0", "opt1", "opt2"]
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)  # each rank drew its own batches: equal only if synced
+
+
 # ------------------------------------------------------------------------------------ the collapse guard
 def test_drift_guard_stops_rl_and_restores_the_last_healthy_watch(tmp_path):
     """max_drift below any real drift: the watch at iteration 0 (policy = reference, drift 0) is healthy, the one
