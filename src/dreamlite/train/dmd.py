@@ -4,7 +4,7 @@ Progressive distillation (``train.distill``) regresses the student onto the teac
 can only be as good as the teacher's deterministic sampler. DMD instead matches distributions: the student G is
 pushed along the gradient of KL(p_G || p_real), which at noise level t is the difference of two denoisers,
 
-    grad = (x0_fake - x0_real) / mean|x0_hat - x0_real|         (DMD, Eq. 7-8: the normalised gradient)
+    grad = (x0_fake - x0_real) / mean|x0_hat - x0_real|         (DMD's gradient, normalised per sample)
 
 where x_t = interpolate(x0_hat, noise, t) noises the student's sample x0_hat, ``x0_real`` is the teacher's
 denoised estimate with its guidance (2-way CFG to generate, 3-way to edit: ``sampling.velocity``), and
