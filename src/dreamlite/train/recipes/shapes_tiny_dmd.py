@@ -39,8 +39,10 @@ SHAPES_TINY_MOBILE_DMD_FINAL = replace(
     stages=(replace(DMD_STAGE, name="dmd-final", steps=400,
                     dmd=replace(DMD_STAGE.dmd, student_step="final", grad_steps=0)),))
 # Measured: 0.768 / 0.858 / 0.897 (0.760 at four images; validation split 0.775 / 0.838 / 0.885 against 0.770 / 0.812 /
-# 0.880): better on every number; the shipped `unet_mobile/` since session 25.
-# then the shipped student's RL stage on it, as RL followed each progressive distillation
+# 0.880): better on every number; shipped in session 25 until RL on it, next.
+# then the shipped student's RL stage on it, as RL followed each progressive distillation. Measured: 0.800 / 0.846 /
+# 0.895 (0.777 at four images; validation 0.790 / 0.842 / 0.884), within 0.022 of the base's GenEval at one image:
+# the shipped `unet_mobile/` since session 25. (A third RL round on the student without DMD gave nothing, 0.757.)
 SHAPES_TINY_MOBILE_DMD_FINAL_RL = rl_round(SHAPES_TINY_MOBILE_DMD_FINAL, "shapes-tiny-mobile-dmd-final-rl",
                                            _MOBILE_RL_STAGE, rl_seed=32, steps=400)
 
