@@ -33,6 +33,7 @@ from torch import Tensor
 
 from dreamlite.flow import euler_step, interpolate, sample_t_logit_normal
 from dreamlite.sampling import NO_GUIDANCE, Conditions, Guidance, make_sigmas, velocity
+from dreamlite.train.flow import optimizer_step
 
 
 @dataclass(frozen=True)
@@ -161,15 +162,8 @@ def distill_round(student: torch.nn.Module, teacher: Callable, optimizer: torch.
     for _ in range(steps):
         x0, cond = draw_batch(generator)
         loss = distill_loss(student, teacher, x0, cond, rnd, generator)
-        (backward or Tensor.backward)(loss)
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"distillation loss became {value} in round {rnd.name}")
-        losses.append(value)
+        losses.append(optimizer_step(student, optimizer, loss, grad_clip, backward,
+                                     f"distillation loss in round {rnd.name}"))
     return losses
 
 

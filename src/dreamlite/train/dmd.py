@@ -26,7 +26,6 @@ One time convention (``dreamlite.flow``): t is the noise level, x_t = (1 - t) x0
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,6 +35,7 @@ from torch import Tensor
 
 from dreamlite.flow import euler_step, interpolate, velocity_target, x0_from_velocity
 from dreamlite.sampling import Conditions, Guidance, velocity
+from dreamlite.train.flow import optimizer_step
 
 
 @dataclass(frozen=True)
@@ -127,19 +127,6 @@ class DMDStats:
     fake_loss: float  # mean over the iteration's fake updates
 
 
-def _optimise(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor, grad_clip: float,
-              backward: Callable[[Tensor], None] | None) -> float:
-    (backward or Tensor.backward)(loss)
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    value = loss.item()
-    if not math.isfinite(value):
-        raise FloatingPointError(f"dmd loss became {value}")
-    return value
-
-
 def dmd_iteration(student: torch.nn.Module, fake: torch.nn.Module, real: Callable, optimizers: tuple,
                   draw_batch: Callable[[torch.Generator], tuple[Tensor, Conditions]], sigmas: Tensor, cfg: DMDConfig,
                   generator: torch.Generator, update_student: bool = True, grad_clip: float = 1.0,
@@ -160,11 +147,13 @@ def dmd_iteration(student: torch.nn.Module, fake: torch.nn.Module, real: Callabl
     student_value = float("nan")
     if update_student:
         direction = dmd_direction(real, fake, x0_hat.detach(), noise, t, cond, cfg.guidance)
-        student_value = _optimise(student, opt_student, dmd_loss(x0_hat, direction), grad_clip, backward)
+        student_value = optimizer_step(student, opt_student, dmd_loss(x0_hat, direction), grad_clip, backward,
+                                       "dmd loss")
     sample = x0_hat.detach()
     fake.train()
-    values = [_optimise(fake, opt_fake, fake_loss(fake, sample, draw(), uniform_t(B, cfg, generator).to(device), cond),
-                        grad_clip, backward) for _ in range(cfg.fake_updates)]
+    values = [optimizer_step(fake, opt_fake, fake_loss(fake, sample, draw(), uniform_t(B, cfg, generator).to(device),
+                                                    cond), grad_clip, backward, "fake network loss")
+              for _ in range(cfg.fake_updates)]
     return DMDStats(student_value, sum(values) / len(values))
 
 

@@ -1,6 +1,10 @@
-"""The flow-matching training objective (rectified flow, velocity target; conventions in ``dreamlite.flow``)."""
+"""The flow-matching training objective (rectified flow, velocity target; conventions in ``dreamlite.flow``), and the
+one optimiser step that the post-training loops (RL, distillation, DMD) share."""
 
 from __future__ import annotations
+
+import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -89,3 +93,19 @@ def twin_contrast_loss(err: Tensor, err_twin: Tensor, scale: float, err_uncond: 
         err_twin = torch.minimum(err_twin, err_uncond.detach())
     e = (0.5 * (err + err_twin)).detach().clamp_min(1e-8)
     return F.softplus(scale * (err - err_twin) / e).mean()
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor, grad_clip: float,
+                   backward: Callable[[Tensor], None] | None = None, what: str = "loss") -> float:
+    """Backward (``backward``, e.g. ``accelerator.backward``; default ``loss.backward()``), clip the gradient norm at
+    ``grad_clip`` (0 = off), step, zero the gradients; returns the loss, or raises naming ``what`` if it is not
+    finite."""
+    (backward or Tensor.backward)(loss)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{what} became {value}")
+    return value

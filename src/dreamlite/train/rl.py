@@ -37,7 +37,6 @@ the reserved range), and prompts/instructions whose text occurs in the shipped b
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Callable, Mapping, Sequence
@@ -50,6 +49,7 @@ from torch import Tensor
 from dreamlite.flow import interpolate, sample_t_logit_normal, velocity_target
 from dreamlite.sampling import NO_GUIDANCE, Conditions, Guidance, sample, velocity
 from dreamlite.shapes.tasks import EditCaseSample, check_training_seed, sample_edit_cases, sample_t2i_prompts
+from dreamlite.train.flow import optimizer_step
 
 STD_MODES = ("group", "global", "none")
 NOISE_MODES = ("fresh", "rollout")
@@ -242,15 +242,7 @@ def nft_update(policy: torch.nn.Module, old: Callable, optimizer: torch.optim.Op
                 noise = torch.randn(len(idx), *x0.shape[1:], generator=generator).to(device, x0.dtype)
             out = nft_step_loss(policy, old, x0[idx.to(device)], select(cond, idx), r[idx].to(device), t, noise,
                                 cfg.beta, reference, cfg.kl_weight)
-            (backward or Tensor.backward)(out.loss)
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            value = out.loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(f"DiffusionNFT loss became {value}")
-            losses.append(value)
+            losses.append(optimizer_step(policy, optimizer, out.loss, cfg.grad_clip, backward, "DiffusionNFT loss"))
     return losses
 
 
