@@ -289,3 +289,19 @@ def test_rows_of_the_start_tags_keep_the_start_anchor_and_the_rest_follow_anchor
         StageConfig("s", DataMix(), steps=1, lr=1e-3, batch_size=4, anchor_weight=1.0, anchor_start_tags=("a",))
     with pytest.raises(ValueError, match="need a start anchor"):
         train_stage(None, None, None, None, stage, None, None, None, 0, 1, anchor=Anchors(main=teacher))
+
+
+def test_an_anchor_or_teacher_folder_must_match_the_networks_latent_channels(tmp_path):
+    """``load_anchor`` (anchors, DMD teachers) reads a saved U-Net back exactly, and refuses one made for another
+    VAE's latents when given the trained network."""
+    from dreamlite.train.recipe import load_anchor
+    from synthetic_run import recipe
+
+    saved = MobileUNet.from_preset("tiny", **UNET, in_channels=4, out_channels=4).eval()
+    saved.save_pretrained(tmp_path / "unet", safe_serialization=True)
+    loaded = load_anchor(tmp_path, recipe(1), "s", like=saved)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), saved.state_dict().values()))
+    assert not any(p.requires_grad for p in loaded.parameters())
+    other = MobileUNet.from_preset("tiny", **UNET, in_channels=8, out_channels=8)
+    with pytest.raises(ValueError, match=r"stage 's': .* has \(in, out\) channels \(4, 4\), the network \(8, 8\)"):
+        load_anchor(tmp_path, recipe(1), "s", like=other)

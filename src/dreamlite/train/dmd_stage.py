@@ -42,13 +42,7 @@ def real_denoiser(ctx: StageContext, stage: StageConfig, model: torch.nn.Module)
     if stage.dmd.teacher:
         from dreamlite.train.recipe import load_anchor
 
-        real = load_anchor(Path(stage.dmd.teacher), ctx.recipe, stage.name).to(ctx.accelerator.device)
-        theirs, mine = (real.config.in_channels, real.config.out_channels), (model.config.in_channels,
-                                                                             model.config.out_channels)
-        if theirs != mine:
-            raise ValueError(f"stage {stage.name!r}: teacher {stage.dmd.teacher} has (in, out) channels {theirs}, "
-                             f"the student {mine}")
-        return real
+        return load_anchor(Path(stage.dmd.teacher), ctx.recipe, stage.name, model).to(ctx.accelerator.device)
     real = frozen_copy(model)
     real.load_state_dict(frozen_weights(ctx.run_dir, stage.name, "teacher", model, ctx.accelerator))
     return real

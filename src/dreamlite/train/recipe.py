@@ -290,17 +290,15 @@ def stage_anchor(ctx: StageContext, stage: StageConfig) -> Anchors | None:
         start.load_state_dict(frozen_weights(ctx.run_dir, stage.name, "anchor", model, ctx.accelerator))
     if not stage.anchor_from:
         return Anchors(main=start)
-    main = load_anchor(Path(stage.anchor_from), ctx.recipe, stage.name).to(ctx.accelerator.device)
-    theirs, mine = ((m.config.in_channels, m.config.out_channels) for m in (main, model))
-    if theirs != mine:  # another VAE's latents: its velocities are not ours to regress onto
-        raise ValueError(f"stage {stage.name!r}: anchor_from {stage.anchor_from} has (in, out) channels {theirs}, "
-                         f"the network {mine}")
+    main = load_anchor(Path(stage.anchor_from), ctx.recipe, stage.name, model).to(ctx.accelerator.device)
     return Anchors(main=main, start=start if stage.anchor_start_tags else None)
 
 
-def load_anchor(folder: Path, recipe: Recipe, stage: str) -> torch.nn.Module:
-    """A frozen float32 U-Net from a model folder (or a bare U-Net folder) to regress onto; it reads the recipe's
-    text states, so a model trained on another encoder or MiniLM layer is an error, not a silent mismatch."""
+def load_anchor(folder: Path, recipe: Recipe, stage: str, like: torch.nn.Module | None = None) -> torch.nn.Module:
+    """A frozen float32 U-Net from a model folder (or a bare U-Net folder) to regress onto (anchors) or denoise
+    with (a DMD teacher); it reads the recipe's text states, so a model trained on another encoder or MiniLM layer
+    is an error, not a silent mismatch. With ``like`` (the trained network) its latent channels must match too:
+    another VAE's latents have velocities that are not ours."""
     from dreamlite.pipeline import load_unet, read_text_spec
 
     unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
@@ -310,7 +308,12 @@ def load_anchor(folder: Path, recipe: Recipe, stage: str) -> torch.nn.Module:
     if spec is not None and (spec.type, spec.layer) != (recipe.text_encoder, recipe.text_layer):
         raise ValueError(f"stage {stage!r}: anchor_from {folder} reads text encoder {spec.type!r} layer "
                          f"{spec.layer}, the recipe {recipe.text_encoder!r} layer {recipe.text_layer}")
-    return frozen_copy(load_unet(unet_dir).float())
+    unet = frozen_copy(load_unet(unet_dir).float())
+    if like is not None:
+        theirs, mine = ((m.config.in_channels, m.config.out_channels) for m in (unet, like))
+        if theirs != mine:
+            raise ValueError(f"stage {stage!r}: {folder} has (in, out) channels {theirs}, the network {mine}")
+    return unet
 
 
 def prepare_mirror_set(ctx: StageContext, stage: StageConfig):
