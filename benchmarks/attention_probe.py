@@ -8,7 +8,7 @@ from dreamlite.pipeline import DreamLitePipeline
 from dreamlite.train.config import StageConfig
 from dreamlite.train.evaluate import evaluate_pipeline
 from dreamlite.train.recipe import run_recipe
-from dreamlite.train.recipes.shapes_tiny import JOINT, SHAPES_TINY
+from dreamlite.train.recipes.shapes_tiny import JOINT, SHAPES_TINY_V0
 # usage: python benchmarks/attention_probe.py ARMS STEPS BATCH BASE_RUN OUT
 #   e.g. python benchmarks/attention_probe.py lowest-self,all-self 400 64 runs/shapes-tiny runs/ab
 steps, batch = int(sys.argv[2]), int(sys.argv[3])
@@ -21,7 +21,7 @@ for arm in sys.argv[1].split(','):
     for n in ('t2i.safetensors', 'edit.safetensors'):
         if not (run / 'corpus' / n).exists():
             (run / 'corpus' / n).symlink_to(base / 'corpus' / n)
-    r = replace(SHAPES_TINY, name=f"ab-{arm}", unet_overrides=ARMS[arm], vae_path=str(base / 'vae'),
+    r = replace(SHAPES_TINY_V0, name=f"ab-{arm}", unet_overrides=ARMS[arm], vae_path=str(base / 'vae'),
                 stages=(StageConfig("joint", JOINT, steps=steps, lr=1e-3, batch_size=batch, warmup_steps=30),),
                 checkpoint_every=10_000)
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 8x8 latents with 16 channels), used to size its stages. Wall and process CPU seconds are both reported (on a busy
 machine CPU seconds / threads is the better estimate of an idle machine's wall time).
 
-    python benchmarks/post_cost.py [--model runs/shapes-tiny/model] [--iterations 3] [--steps 4]
+    python benchmarks/post_cost.py [--model runs/shapes-tiny-v0/model] [--iterations 3] [--steps 4]
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def test_post_recipes_are_registered_and_sized():
 
     post = get_recipe("shapes-tiny-post")
     assert [s.kind for s in post.stages] == ["rl", "distill"]
-    assert post.init_from == "runs/shapes-tiny-plus/model" and post.vae_path == "runs/shapes-tiny/vae"
+    assert post.init_from == "runs/shapes-tiny-plus/model" and post.vae_path == "runs/shapes-tiny-v0/vae"
     assert post.stages[1].distill.final_steps == 4
     quick = get_recipe("shapes-tiny-post-quick")
     assert [s.kind for s in quick.stages] == [s.kind for s in post.stages]

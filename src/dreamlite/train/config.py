@@ -221,6 +221,7 @@ class EvalConfig:
     steps: int = 20
     guidance_scale: float = 3.0
     image_guidance_scale: float = 1.5
+    eta: float = 0.0  # generation's sampler stochasticity (VariantDefaults.eta; 1 = ancestral); edits stay on the ODE
 
 
 @dataclass(frozen=True)

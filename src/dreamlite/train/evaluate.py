@@ -25,7 +25,8 @@ def make_pipeline(unet, vae, encoder, recipe: Recipe, variants: dict[str, Varian
                   default_variant: str = "base", extra_unets=None) -> DreamLitePipeline:
     e = recipe.eval
     size = recipe.corpus.image_size
-    variants = variants or {"base": VariantDefaults("unet", e.steps, e.guidance_scale, e.image_guidance_scale)}
+    variants = variants or {"base": VariantDefaults("unet", e.steps, e.guidance_scale, e.image_guidance_scale,
+                                                     eta=e.eta)}
     defaults = PipelineDefaults(resolution=(size, size), default_variant=default_variant, variants=variants)
     return DreamLitePipeline(unet=unet, vae=vae, text_encoder=encoder, scheduler=default_scheduler(),
                              defaults=defaults, variant=default_variant, extra_unets=extra_unets)

@@ -1,4 +1,4 @@
-"""The rounds that grew the shipped base after ``shapes-tiny`` (sessions 1-15 of the project): ``shapes-tiny-plus``,
+"""The rounds that grew the shipped base after ``shapes-tiny-v0`` (sessions 1-15 of the project): ``shapes-tiny-plus``,
 v2-v8, RL on each base, their 4-step students, the twin contrast and the mirror pairs.
 
 Each recipe is one measured experiment, shipped or not (BENCHMARKS.md has its numbers under its name); its comment
@@ -10,11 +10,12 @@ from dataclasses import replace
 
 from dreamlite.sampling import Guidance
 from dreamlite.train.config import CorpusConfig, DataMix, MirrorConfig, Recipe, StageConfig
-from dreamlite.train.recipes.shapes_tiny import POST_RL, POST_RL_MIX, SFT, SHAPES_TINY, SHAPES_TINY_POST, SHAPES_VAE
+from dreamlite.train.recipes.shapes_tiny import (JOINT_BIND, POST_RL, POST_RL_MIX, SFT, SHAPES_TINY_POST,
+                                                 SHAPES_TINY_V0, SHAPES_VAE)
 
 # Fine-tuning on top of a finished shapes-tiny run (`dreamlite train --recipe shapes-tiny-plus` after
-# `dreamlite train --recipe shapes-tiny`): more joint training, weighted towards the tags and edit types the base
-# scores worst on (runs/shapes-tiny/stages.md: position, colour attribution, two objects, counting; add, replace,
+# `dreamlite train --recipe shapes-tiny-v0`): more joint training, weighted towards the tags and edit types the base
+# scores worst on (runs/shapes-tiny-v0/stages.md: position, colour attribution, two objects, counting; add, replace,
 # move, count), then SFT again; both stages anneal their LR (cosine to 10 %). Same network, VAE and corpus.
 # (Unnamed categories get weight 0: these joint stages draw only the named tags / edit types; v4's JOINT_BIND
 # names every one.)
@@ -29,11 +30,11 @@ SHAPES_TINY_PLUS = Recipe(
                     min_lr_ratio=0.1),
         StageConfig("sft-2", SFT, steps=600, lr=1.5e-4, batch_size=128, warmup_steps=20, min_lr_ratio=0.1),
     ),
-    init_from="runs/shapes-tiny/model",
-    vae_path="runs/shapes-tiny/vae",
+    init_from="runs/shapes-tiny-v0/model",
+    vae_path="runs/shapes-tiny-v0/vae",
     vae=SHAPES_VAE,
-    corpus=SHAPES_TINY.corpus,
-    eval=SHAPES_TINY.eval,
+    corpus=SHAPES_TINY_V0.corpus,
+    eval=SHAPES_TINY_V0.eval,
     checkpoint_every=250,
     model_dtype="float16",
 )
@@ -68,11 +69,7 @@ SHAPES_TINY_V3 = replace(
 # towards what v3 fails: two different named shapes (two_object, color_attr: v3 draws both named shapes only 30 % of
 # the time, and mostly draws one shape twice, in the right two colours). Unlike JOINT_HARD, every tag and edit type
 # keeps a weight, so nothing is left to the SFT stage alone.
-JOINT_BIND = DataMix(t2i=0.5, edit=0.5,
-                     tag_weights={"color_attr": 3.0, "two_object": 2.5, "position": 2.0, "counting": 1.0,
-                                  "colors": 0.5, "single_object": 0.5},
-                     edit_weights={"add": 1.5, "replace": 1.5, "move": 2.0, "count": 2.0, "remove": 1.0,
-                                   "alter": 1.0, "background": 0.5, "resize": 1.0})
+# (JOINT_BIND lives in shapes_tiny, whose from-nothing recipe uses it too.)
 SHAPES_TINY_V4 = replace(
     SHAPES_TINY_V3, name="shapes-tiny-v4",
     stages=(replace(SHAPES_TINY_V3.stages[0], name="joint-5", mix=JOINT_BIND, steps=2000),
@@ -196,7 +193,7 @@ SHAPES_TINY_V7_RL_MOBILE_RL = replace(
     SHAPES_TINY_V7_RL, name="shapes-tiny-v7-rl-mobile-rl", init_from="runs/shapes-tiny-v7-rl-mobile/model/unet_mobile",
     stages=(replace(_RL_STAGE, name="rl-mobile",
                     rl=replace(_RL_STAGE.rl, sample_steps=4, nft=replace(_RL_STAGE.rl.nft, guidance=Guidance()))),),
-    eval=replace(SHAPES_TINY.eval, steps=4, guidance_scale=1.0, image_guidance_scale=1.0))
+    eval=replace(SHAPES_TINY_V0.eval, steps=4, guidance_scale=1.0, image_guidance_scale=1.0))
 
 # v8: where the two shapes of a position prompt go. Every model so far puts them on the asked axis and on the asked
 # side by chance (0.45), whether the U-Net reads MiniLM's last layer or layer 3 (which holds each noun's side at
