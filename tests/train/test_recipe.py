@@ -12,7 +12,7 @@ from dreamlite import MobileUNet
 from dreamlite.presets import preset_config
 from dreamlite.train.config import DataMix, StageConfig
 from dreamlite.train.loop import latest_checkpoint, lr_lambda
-from dreamlite.train.recipe import Components, init_weights, run_recipe
+from dreamlite.train.recipe import Components, build_unet, init_weights, run_recipe
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_run import UNET, FakeEncoder, make_pool, recipe  # noqa: E402
@@ -181,6 +181,30 @@ def test_recipe_text_layer_selects_the_encoder_state():
     enc = recipe_text_encoder(replace(quick, text_layer=2))
     assert enc.spec.layer == 2 and len(enc.model.encoder.layer) == 2
     assert get_recipe("shapes-tiny-v7").text_layer == 3
+
+
+def test_the_recipe_from_nothing_trains_the_shipped_network_and_samples_as_it():
+    """`dreamlite train --recipe shapes-tiny` builds the shipped base's U-Net (every config field), reads the same
+    encoder layer, runs the paper's stage order, and its evaluations and model folder sample as the shipped base."""
+    import json
+
+    from dreamlite.pipeline import PipelineDefaults
+    from dreamlite.train.evaluate import base_variant
+    from dreamlite.train.recipes import get_recipe
+
+    folder = Path(__file__).resolve().parents[2] / "checkpoints" / "dreamlite-tiny-shapes"
+    shipped = {k: v for k, v in json.loads((folder / "unet" / "config.json").read_text()).items() if k[0] != "_"}
+    r = get_recipe("shapes-tiny")
+    vae = SimpleNamespace(config=SimpleNamespace(latent_channels=shipped["in_channels"]))
+    mine = {k: v for k, v in dict(build_unet(r, vae).config).items() if k[0] != "_"}
+    assert json.loads(json.dumps(mine)) == shipped
+    assert r.text_layer == json.loads((folder / "text_encoder" / "spec.json").read_text())["layer"]
+    assert [(s.name, s.mix.t2i, s.mix.edit, s.mix.pool) for s in r.stages] == [
+        ("t2i", 1.0, 0.0, "main"), ("edit", 0.0, 1.0, "main"), ("joint", 0.5, 0.5, "main"), ("sft", 0.5, 0.5, "sft")]
+    base = PipelineDefaults.from_dict(json.loads((folder / "dreamlite.json").read_text())).variants["base"]
+    got = base_variant(r)
+    assert (got.num_inference_steps, got.guidance_scale, got.image_guidance_scale, got.eta, got.edit_eta) == (
+        base.num_inference_steps, base.guidance_scale, base.image_guidance_scale, base.eta, base.edit_eta)
 
 
 def test_rl_or_distill_from_a_model_on_another_text_layer_is_refused(tmp_path):

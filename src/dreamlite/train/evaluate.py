@@ -23,13 +23,17 @@ from dreamlite.train.config import Recipe
 
 def make_pipeline(unet, vae, encoder, recipe: Recipe, variants: dict[str, VariantDefaults] | None = None,
                   default_variant: str = "base", extra_unets=None) -> DreamLitePipeline:
-    e = recipe.eval
     size = recipe.corpus.image_size
-    variants = variants or {"base": VariantDefaults("unet", e.steps, e.guidance_scale, e.image_guidance_scale,
-                                                     eta=e.eta)}
+    variants = variants or {"base": base_variant(recipe)}
     defaults = PipelineDefaults(resolution=(size, size), default_variant=default_variant, variants=variants)
     return DreamLitePipeline(unet=unet, vae=vae, text_encoder=encoder, scheduler=default_scheduler(),
                              defaults=defaults, variant=default_variant, extra_unets=extra_unets)
+
+
+def base_variant(recipe: Recipe) -> VariantDefaults:
+    """How a recipe's base model is sampled, in its evaluations and in the model folder it writes."""
+    e = recipe.eval
+    return VariantDefaults("unet", e.steps, e.guidance_scale, e.image_guidance_scale, eta=e.eta)
 
 
 def model_fns(pipe: DreamLitePipeline, batch: int = 64, **call_kwargs) -> tuple[Callable, Callable]:

@@ -55,7 +55,7 @@ JOINT_BIND = DataMix(t2i=0.5, edit=0.5,
                      edit_weights={"add": 1.5, "replace": 1.5, "move": 2.0, "count": 2.0, "remove": 1.0,
                                    "alter": 1.0, "background": 0.5, "resize": 1.0})
 
-# The network every shipped base has had since the chain's consolidation rounds: self+cross attention also at the
+# The shipped base's network (every base since the mirror rounds of the chain has had it): self+cross attention also at the
 # full-resolution up level (v2: the target half reads the source half and the words there, not only through the
 # 2x2-per-half lowest level), no pooled text vector (v3: the words reach the network only through cross-attention),
 # token-index embeddings (the mirror rounds: which noun comes first), MiniLM's layer 3 (v7: a linear probe reads the
@@ -168,8 +168,8 @@ POST_QUICK = Recipe(
     checkpoint_every=1,
 )
 
-RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-v0": SHAPES_TINY_V0, "shapes-tiny-quick": QUICK, "shapes-tiny-post": SHAPES_TINY_POST,
-           "shapes-tiny-post-quick": POST_QUICK}
+RECIPES = {"shapes-tiny": SHAPES_TINY, "shapes-tiny-v0": SHAPES_TINY_V0, "shapes-tiny-quick": QUICK,
+           "shapes-tiny-post": SHAPES_TINY_POST, "shapes-tiny-post-quick": POST_QUICK}
 
 
 def ablation(arm: str, total_steps: int = 1500, batch_size: int = 128) -> Recipe:
