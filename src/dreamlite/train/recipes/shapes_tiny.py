@@ -5,7 +5,7 @@ neither is forgotten, stage 4 is SFT on a curated pool (the hardest compositions
 from measured throughput (BENCHMARKS.md): the whole recipe, VAE included, fits in ~2 hours on 2 cores.
 Also here: ``shapes-tiny-v0`` (the first recipe, where the chain of rounds to the shipped model starts), its
 post-training stages (``shapes-tiny-post``: RL, then distillation to 4 steps), the CI-sized versions of both, and the
-paper's ablation arms. The rounds that took a ``shapes-tiny`` run to the shipped model live in
+paper's ablation arms. The rounds that took a ``shapes-tiny-v0`` run to the shipped model live in
 ``shapes_tiny_rounds`` and ``shapes_tiny_consolidation``.
 """
 
@@ -55,8 +55,8 @@ JOINT_BIND = DataMix(t2i=0.5, edit=0.5,
                      edit_weights={"add": 1.5, "replace": 1.5, "move": 2.0, "count": 2.0, "remove": 1.0,
                                    "alter": 1.0, "background": 0.5, "resize": 1.0})
 
-# The shipped base's network (every base since the mirror rounds of the chain has had it): self+cross attention also at the
-# full-resolution up level (v2: the target half reads the source half and the words there, not only through the
+# The shipped base's network (every base since the chain's mirror rounds has had it): self+cross attention also at
+# the full-resolution up level (v2: the target half reads the source half and the words there, not only through the
 # 2x2-per-half lowest level), no pooled text vector (v3: the words reach the network only through cross-attention),
 # token-index embeddings (the mirror rounds: which noun comes first), MiniLM's layer 3 (v7: a linear probe reads the
 # side a noun must take from it in 0.97 of cases, 0.77 from the last layer).
@@ -68,8 +68,10 @@ SHIPPED_UNET = dict(up_attention=("self+cross", "cross", "self+cross"), pooled_t
 # on this CPU, so twice the updates); short T2I and editing stages and a long joint one (at small budgets joint
 # training beat the progressive order, BENCHMARKS.md "Ablation", so the paper's order is kept but its first two stages
 # are short); the binding-weighted mix in the joint stage; the LR annealed by a cosine in the last two (v1: annealing
-# is what made the network commit to objects); a 6,000-step VAE (two thirds of v0's, ~33 dB) to leave the U-Net the
-# time; stage evaluations sampled as the shipped base (ancestral steps to generate, image guidance 2.5).
+# is what made the network commit to objects); a 6,000-step VAE (two thirds of v0's; 34.7 dB against 35.7) to leave the
+# U-Net the time; stage evaluations sampled as the shipped base (ancestral steps to generate, image guidance 2.5).
+# Measured (BENCHMARKS.md "From nothing in two hours"): 109 min on 2 cores, GenEval 0.245, edits 0.312 / 0.846 -
+# where v0 was, on 57 % of its samples (a slower machine); the targets need ~10x the compute.
 SHAPES_TINY = Recipe(
     name="shapes-tiny",
     preset="tiny",

@@ -1,5 +1,5 @@
-"""The rounds that grew the shipped base after ``shapes-tiny-v0`` (sessions 1-15 of the project): ``shapes-tiny-plus``,
-v2-v8, RL on each base, their 4-step students, the twin contrast and the mirror pairs.
+"""The rounds that grew the shipped base after ``shapes-tiny-v0`` (sessions 1-15 of the project):
+``shapes-tiny-plus``, v2-v8, RL on each base, their 4-step students, the twin contrast and the mirror pairs.
 
 Each recipe is one measured experiment, shipped or not (BENCHMARKS.md has its numbers under its name); its comment
 says why it was run and what it measured. A round starts from the previous round's run folder
@@ -13,7 +13,7 @@ from dreamlite.train.config import CorpusConfig, DataMix, MirrorConfig, Recipe, 
 from dreamlite.train.recipes.shapes_tiny import (JOINT_BIND, POST_RL, POST_RL_MIX, SFT, SHAPES_TINY_POST,
                                                  SHAPES_TINY_V0, SHAPES_VAE)
 
-# Fine-tuning on top of a finished shapes-tiny run (`dreamlite train --recipe shapes-tiny-plus` after
+# Fine-tuning on top of a finished shapes-tiny-v0 run (`dreamlite train --recipe shapes-tiny-plus` after
 # `dreamlite train --recipe shapes-tiny-v0`): more joint training, weighted towards the tags and edit types the base
 # scores worst on (runs/shapes-tiny-v0/stages.md: position, colour attribution, two objects, counting; add, replace,
 # move, count), then SFT again; both stages anneal their LR (cosine to 10 %). Same network, VAE and corpus.
