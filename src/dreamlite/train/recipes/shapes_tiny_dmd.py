@@ -46,7 +46,9 @@ SHAPES_TINY_MOBILE_DMD_FINAL = replace(
 SHAPES_TINY_MOBILE_DMD_FINAL_RL = rl_round(SHAPES_TINY_MOBILE_DMD_FINAL, "shapes-tiny-mobile-dmd-final-rl",
                                            _MOBILE_RL_STAGE, rl_seed=32, steps=400)
 # A second round of the same stage on it (fresh rollout seed): RL rounds two and three lifted earlier students
-# (0.682 -> 0.710 -> 0.738), and this one is 0.003 outside issue 7's 0.03 at four images per prompt.
+# (0.682 -> 0.710 -> 0.738), and this one is 0.003 outside issue 7's 0.03 at four images per prompt. Measured: its
+# drift passed the guard at iteration 280 (weights of 260 kept); 0.773 / 0.821 / 0.894 (0.722 at four images;
+# validation 0.737 / 0.829 / 0.889): worse than its start on GenEval and edit success. Not shipped.
 SHAPES_TINY_MOBILE_DMD_FINAL_RL2 = rl_round(SHAPES_TINY_MOBILE_DMD_FINAL_RL, "shapes-tiny-mobile-dmd-final-rl2",
                                             _MOBILE_RL_STAGE, rl_seed=33, steps=400)
 
