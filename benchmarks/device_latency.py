@@ -244,8 +244,7 @@ def main() -> None:
             h, w = c.latent_hw
             gf = unet_gflops(c.unet, h, 2 * w, batch=1)
             print(f"{c.name} {c.image_wh[0]}x{c.image_wh[1]} (packed 1x{c.unet.config.in_channels}x{h}x{2 * w}): "
-                  f"{gf:.1f} GFLOPs/step",
-                  flush=True)
+                  f"{gf:.1f} GFLOPs/step", flush=True)
             eager = None
             with tempfile.TemporaryDirectory(prefix="dreamlite-latency-") as tmp:
                 for backend in args.backends.split(","):
